@@ -1,0 +1,203 @@
+//! Command line: `probe`, `serve` and `profiles`.
+//!
+//! Exit codes: 0 success; 1 the GPU backend could not start or the probe failed (no
+//! NVML library, driver not loaded, a device query that everything depends on failed);
+//! 2 unusable input (bad arguments, a bad nonce, an unknown or malformed profile).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lotabots_crds::evidence::{NONCE_LEN, NonceOrigin, parse_nonce};
+
+use crate::backend::{self, BackendChoice, BackendError, ProbeRequest};
+
+/// lotabots node agent: GPU evidence from NVML or a simulated backend.
+#[derive(Debug, Parser)]
+#[command(name = "lotabots-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Backend options shared by every subcommand that measures GPUs.
+#[derive(Debug, clap::Args)]
+pub struct BackendArgs {
+    /// GPU backend: `auto` (NVML when libnvidia-ml.so.1 loads, else the simulated
+    /// h100-80gb-hbm3 profile), `nvml`, or `simulated:<profile name or file>`.
+    #[arg(long, env = "LOTABOTS_BACKEND", default_value = "auto")]
+    backend: BackendChoice,
+    /// Load NVML from this path instead of the system's libnvidia-ml.so.1.
+    #[arg(long, env = "LOTABOTS_NVML_LIB")]
+    nvml_lib: Option<String>,
+    /// The Kubernetes node name (from the downward API). A simulated backend derives its
+    /// GPUs' UUIDs and serials from it, so simulated nodes are distinct machines.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Measure the GPUs once and print the evidence.
+    Probe {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// The 32-byte freshness nonce as 64 hex characters (a verifier's challenge); a
+        /// random one is used when absent.
+        #[arg(long, value_parser = nonce_arg)]
+        nonce: Option<[u8; NONCE_LEN]>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Serve GPU metrics for Prometheus on /metrics (plus /healthz and /readyz).
+    Serve {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Address to listen on.
+        #[arg(long, env = "LOTABOTS_METRICS_ADDR", default_value = "0.0.0.0:9402")]
+        listen: SocketAddr,
+        /// How often to measure the GPUs, e.g. `15s`, `1m`.
+        #[arg(long, env = "LOTABOTS_METRICS_INTERVAL", default_value = "15s", value_parser = duration_arg)]
+        interval: Duration,
+    },
+    /// List the built-in simulated profiles.
+    Profiles,
+}
+
+/// Output formats of `probe`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    /// The evidence document, as the agent submits it.
+    Json,
+    /// A summary table for people.
+    Table,
+}
+
+fn nonce_arg(s: &str) -> Result<[u8; NONCE_LEN], String> {
+    parse_nonce(s).map_err(|e| e.to_string())
+}
+
+fn duration_arg(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .parse::<jiff::Span>()
+        .map_err(|e| format!("not a duration like 15s or 1m: {e}"))
+        .and_then(|span| {
+            jiff::SignedDuration::try_from(span).map_err(|e| format!("not a fixed duration: {e}"))
+        })?;
+    let d = Duration::try_from(d).map_err(|_| "duration must be positive".to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("interval must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+/// Parses the command line, runs it, and maps the outcome to the documented exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOTABOTS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lotabots-agent: error: {e}");
+            ExitCode::from(if e.is_input_error() { 2 } else { 1 })
+        }
+    }
+}
+
+fn select(args: &BackendArgs) -> Result<backend::Selected, BackendError> {
+    backend::select(
+        &args.backend,
+        args.nvml_lib.as_deref(),
+        args.node_name.as_deref(),
+    )
+}
+
+/// Runs one command.
+pub fn run(cli: Cli) -> Result<(), BackendError> {
+    match cli.command {
+        Command::Probe {
+            backend,
+            nonce,
+            format,
+        } => {
+            let selected = select(&backend)?;
+            eprintln!("{}", selected.note);
+            let mut req = ProbeRequest::local(backend.node_name.clone().unwrap_or_default());
+            if let Some(n) = nonce {
+                req.nonce = n;
+                req.nonce_origin = NonceOrigin::Verifier;
+            }
+            let evidence = backend::collect(selected.backend.as_ref(), &req)?;
+            match format {
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&evidence).expect("evidence serialises")
+                ),
+                Format::Table => print!("{}", crate::table::render(&evidence)),
+            }
+            Ok(())
+        }
+        Command::Serve {
+            backend,
+            listen,
+            interval,
+        } => {
+            let selected = select(&backend)?;
+            tracing::info!("{}", selected.note);
+            let hostname = backend
+                .node_name
+                .clone()
+                .unwrap_or_else(crate::metrics::hostname);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .max_blocking_threads(2)
+                .build()
+                .map_err(|e| BackendError::Query {
+                    query: "tokio runtime",
+                    message: e.to_string(),
+                })?;
+            rt.block_on(crate::server::serve(
+                selected.backend,
+                crate::server::ServeConfig {
+                    listen,
+                    interval,
+                    hostname,
+                },
+            ))
+        }
+        Command::Profiles => {
+            for name in crate::simulated::builtin_names() {
+                println!("{name}");
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_are_checked() {
+        assert_eq!(duration_arg("15s"), Ok(Duration::from_secs(15)));
+        assert_eq!(duration_arg("1m"), Ok(Duration::from_secs(60)));
+        assert!(duration_arg("0s").is_err());
+        assert!(duration_arg("soon").unwrap_err().contains("not a duration"));
+    }
+}

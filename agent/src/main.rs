@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    lotabots_agent::cli::main()
+}
