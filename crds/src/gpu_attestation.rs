@@ -527,6 +527,27 @@ pub fn mig_profile_slices(profile: &str) -> Option<u32> {
 }
 
 impl GpuAttestationSpec {
+    /// The nodes this selects: `nodeSelector`, or nodes labelled
+    /// `nvidia.com/gpu.present=true` when it is unset. The operator and the agents both
+    /// decide with this, so they agree on which nodes an attestation covers.
+    pub fn selector(&self) -> Result<kube::core::Selector, kube::core::ParseExpressionError> {
+        match &self.node_selector {
+            Some(sel) => kube::core::Selector::try_from(sel.clone()),
+            None => Ok(kube::core::Selector::from_iter([
+                kube::core::Expression::Equal(
+                    crate::labels::GPU_PRESENT.into(),
+                    crate::labels::TRUE.into(),
+                ),
+            ])),
+        }
+    }
+
+    /// Whether this selects a node with `labels`; an invalid selector selects nothing.
+    pub fn selects(&self, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        use kube::core::SelectorExt;
+        self.selector().is_ok_and(|s| s.matches(labels))
+    }
+
     /// Checks what the CRD's schema and CEL rules cannot express well, and repeats the
     /// shape checks so that a caller without an API server (the webhook, offline commands,
     /// tests) gets the same answer. Every problem is returned, each naming its field.

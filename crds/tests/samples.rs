@@ -162,3 +162,45 @@ fn model_sample_reads_s3_and_round_trips() {
     // What the types write back is what the sample says (no field lost or renamed).
     assert_eq!(serde_json::to_value(&ma).unwrap()["spec"], v["spec"]);
 }
+
+#[test]
+fn node_selection_defaults_to_gpu_nodes_and_follows_the_selector() {
+    use std::collections::BTreeMap;
+
+    use lotabots_crds::gpu_attestation::GpuAttestationSpec;
+
+    let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let default = GpuAttestationSpec::default();
+    assert!(default.selects(&labels(&[("nvidia.com/gpu.present", "true")])));
+    assert!(!default.selects(&labels(&[("nvidia.com/gpu.present", "false")])));
+    assert!(!default.selects(&labels(&[])));
+
+    let spec: GpuAttestationSpec = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {"matchExpressions": [
+            {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+        ]}
+    }))
+    .unwrap();
+    assert!(spec.selects(&labels(&[(
+        "nvidia.com/gpu.product",
+        "NVIDIA-H100-80GB-HBM3"
+    )])));
+    assert!(!spec.selects(&labels(&[(
+        "nvidia.com/gpu.product",
+        "NVIDIA-A100-SXM4-80GB"
+    )])));
+
+    let broken: GpuAttestationSpec = serde_json::from_value(serde_json::json!({
+        "nodeSelector": {"matchExpressions": [{"key": "k", "operator": "Sideways", "values": ["v"]}]}
+    }))
+    .unwrap();
+    assert!(
+        !broken.selects(&labels(&[("k", "v")])),
+        "an invalid selector selects nothing"
+    );
+}
