@@ -1,0 +1,13 @@
+//! lotabots operator: the evidence API node agents submit GPU evidence to, and offline
+//! verification of that evidence with the verifier the operator runs.
+
+pub mod auth;
+pub mod challenges;
+pub mod cli;
+pub mod controller;
+pub mod evidence_api;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+pub mod status;
+pub mod verify_cmd;

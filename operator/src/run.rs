@@ -1,0 +1,230 @@
+//! `lotabots-operator run`: the long-running operator.
+//!
+//! Probes and metrics are served at once (liveness must not wait for leadership); the
+//! replica then waits for the Lease, and as leader serves the evidence API over TLS and
+//! runs the controller. Losing the Lease, or any of these tasks ending, ends the process
+//! with an error so that the pod restarts cleanly; SIGTERM/Ctrl-C end it gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::auth::TokenReviewAuthenticator;
+use crate::controller::{self, Settings};
+use crate::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
+use crate::leader::{self, LeaseConfig};
+use crate::metrics::ControllerMetrics;
+
+/// Everything `run` needs.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Evidence API address (HTTPS).
+    pub listen: SocketAddr,
+    /// PEM certificate chain of the evidence API.
+    pub tls_cert: PathBuf,
+    /// PEM private key of the evidence API.
+    pub tls_key: PathBuf,
+    /// Probes and metrics address (plain HTTP, inside the pod network).
+    pub probe_addr: SocketAddr,
+    /// Agent ServiceAccounts (`namespace/name`) allowed to submit evidence.
+    pub agents: Vec<String>,
+    /// How long a challenge nonce stays valid.
+    pub nonce_ttl: Duration,
+    /// Controller settings.
+    pub settings: Settings,
+    /// Leader election.
+    pub lease: LeaseConfig,
+}
+
+/// Runs the operator until SIGTERM/Ctrl-C (Ok) or a failure (Err).
+pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
+    // Only the ring provider is compiled in; make it the process default for kube's
+    // client and the evidence API alike.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API")?;
+    let registry = Registry::new();
+    let api_metrics = ApiMetrics::register(&registry)?;
+    let controller_metrics = ControllerMetrics::register(&registry)?;
+    let leading = Arc::new(AtomicBool::new(false));
+
+    let probes = tokio::net::TcpListener::bind(cfg.probe_addr)
+        .await
+        .with_context(|| format!("binding the probe address {}", cfg.probe_addr))?;
+    let probe_router = probe_routes(registry, leading.clone());
+    let probe_server = tokio::spawn(async move { axum::serve(probes, probe_router).await });
+
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease.namespace);
+    tokio::select! {
+        r = leader::acquire(&leases, &cfg.lease) => r.context("acquiring the leader Lease")?,
+        () = &mut shutdown => return Ok(()),
+    }
+    leading.store(true, Ordering::SeqCst);
+
+    let tls = RustlsConfig::from_pem_file(&cfg.tls_cert, &cfg.tls_key)
+        .await
+        .with_context(|| {
+            format!(
+                "loading the TLS certificate {} and key {}",
+                cfg.tls_cert.display(),
+                cfg.tls_key.display()
+            )
+        })?;
+    let evidence = Arc::new(LatestEvidence::default());
+    let auth = Arc::new(TokenReviewAuthenticator::new(
+        client.clone(),
+        cfg.agents.clone(),
+    ));
+    let api = Arc::new(EvidenceApi::new(
+        auth,
+        evidence.clone(),
+        cfg.nonce_ttl,
+        RateLimit::default(),
+        api_metrics,
+    ));
+    let handle = Handle::new();
+    let server = axum_server::bind_rustls(cfg.listen, tls.clone())
+        .handle(handle.clone())
+        .serve(api.router().into_make_service());
+    tracing::info!(listen = %cfg.listen, "evidence API serving");
+
+    let reporter = Reporter {
+        controller: "lotabots-operator".into(),
+        instance: Some(cfg.lease.identity.clone()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let controller = controller::run(
+        client,
+        evidence,
+        cfg.settings,
+        controller_metrics,
+        reporter,
+        async move {
+            let _ = stop_rx.await;
+        },
+    );
+
+    let outcome = tokio::select! {
+        r = server => Err(anyhow::anyhow!("the evidence API stopped: {r:?}")),
+        () = controller => Err(anyhow::anyhow!("the controller stopped")),
+        lost = leader::hold(&leases, &cfg.lease) => Err(anyhow::anyhow!("leadership lost: {lost}")),
+        r = probe_server => Err(anyhow::anyhow!("the probe server stopped: {r:?}")),
+        () = reload_tls(tls, cfg.tls_cert.clone(), cfg.tls_key.clone()) => Err(anyhow::anyhow!("TLS reloading stopped")),
+        () = &mut shutdown => Ok(()),
+    };
+    leading.store(false, Ordering::SeqCst);
+    let _ = stop_tx.send(());
+    handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    outcome
+}
+
+fn probe_routes(registry: Registry, leading: Arc<AtomicBool>) -> Router {
+    async fn readyz(
+        State((_, leading)): State<(Arc<Registry>, Arc<AtomicBool>)>,
+    ) -> (StatusCode, &'static str) {
+        // Only the leader holds the nonces and evidence: followers take no traffic.
+        if leading.load(Ordering::SeqCst) {
+            (StatusCode::OK, "leader\n")
+        } else {
+            (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n")
+        }
+    }
+    async fn metrics(
+        State((registry, _)): State<(Arc<Registry>, Arc<AtomicBool>)>,
+    ) -> (StatusCode, String) {
+        let mut buf = Vec::new();
+        match TextEncoder::new().encode(&registry.gather(), &mut buf) {
+            Ok(()) => (StatusCode::OK, String::from_utf8_lossy(&buf).into_owned()),
+            Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state((Arc::new(registry), leading))
+}
+
+/// Reloads the certificate and key when either file changes (cert-manager rotates them
+/// in place), keeping the old pair when the new one does not load.
+async fn reload_tls(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
+    let mtime = |p: &PathBuf| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    };
+    let mut seen = (mtime(&cert), mtime(&key));
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let now = (mtime(&cert), mtime(&key));
+        if now == seen {
+            continue;
+        }
+        seen = now;
+        match tls.reload_from_pem_file(&cert, &key).await {
+            Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %e, "new TLS certificate does not load; keeping the previous one")
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+/// Parses `namespace/name` ServiceAccount references.
+pub fn parse_agents(list: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for item in list
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match item.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                out.push(item.to_owned())
+            }
+            _ => bail!("agent ServiceAccount {item:?} must be namespace/name"),
+        }
+    }
+    if out.is_empty() {
+        bail!("at least one agent ServiceAccount (namespace/name) is required");
+    }
+    Ok(out)
+}

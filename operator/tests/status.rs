@@ -1,0 +1,257 @@
+//! From accepted evidence to a GpuAttestation status: every edge the controller relies on.
+
+mod common;
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use lotabots_crds::gpu_attestation::Verdict;
+use lotabots_operator::evidence_api::AcceptedEvidence;
+use lotabots_operator::status::{
+    Judging, MAX_LISTED_NODES, MAX_REASON_CHARS, MAX_REASONS, NodeResult, build_status, judge_node,
+};
+
+const JUDGING: Judging = Judging {
+    interval: Duration::from_secs(600),
+    grace: Duration::from_secs(120),
+    allow_simulated: true,
+};
+
+use common::sample_policy;
+
+fn accepted(profile: &str, node: &str) -> AcceptedEvidence {
+    let evidence = common::evidence(profile, node, [3; 32]);
+    AcceptedEvidence {
+        node: node.into(),
+        digest: evidence.digest().unwrap(),
+        received_at: evidence.collected_at,
+        evidence,
+    }
+}
+
+fn result(node: &str, verdict: Verdict) -> NodeResult {
+    NodeResult {
+        node: node.into(),
+        verdict,
+        reasons: vec![format!("{node} is {verdict}")],
+        digest: None,
+    }
+}
+
+fn after(t: Timestamp, secs: i64) -> Timestamp {
+    t + SignedDuration::from_secs(secs)
+}
+
+#[test]
+fn a_node_whose_agent_never_reported_is_unknown() {
+    let r = judge_node("n1", None, &sample_policy(), &JUDGING, Timestamp::now());
+    assert_eq!(r.verdict, Verdict::Unknown);
+    assert_eq!(
+        r.reasons,
+        ["no evidence received from the node's agent yet"]
+    );
+}
+
+#[test]
+fn fresh_evidence_that_meets_the_policy_attests_the_node() {
+    let a = accepted("h100-80gb-hbm3", "n1");
+    let r = judge_node(
+        "n1",
+        Some(&a),
+        &sample_policy(),
+        &JUDGING,
+        after(a.evidence.collected_at, 5),
+    );
+    assert_eq!(r.verdict, Verdict::Attested, "{:?}", r.reasons);
+    assert_eq!(r.digest.as_deref(), Some(a.digest.as_str()));
+}
+
+#[test]
+fn a_faulty_gpu_fails_the_node() {
+    let a = accepted("faulty-node", "n1");
+    let r = judge_node(
+        "n1",
+        Some(&a),
+        &sample_policy(),
+        &JUDGING,
+        a.evidence.collected_at,
+    );
+    assert_eq!(r.verdict, Verdict::Failed);
+    assert!(!r.reasons.is_empty());
+}
+
+#[test]
+fn a_silent_agent_makes_its_node_unknown_not_failed() {
+    let a = accepted("h100-80gb-hbm3", "n1");
+    let r = judge_node(
+        "n1",
+        Some(&a),
+        &sample_policy(),
+        &JUDGING,
+        after(a.evidence.collected_at, 721),
+    );
+    assert_eq!(r.verdict, Verdict::Unknown);
+    assert!(
+        r.reasons[0].starts_with("agent silent: latest evidence is 721s old"),
+        "{:?}",
+        r.reasons
+    );
+    // Within interval + grace it still counts.
+    let r = judge_node(
+        "n1",
+        Some(&a),
+        &sample_policy(),
+        &JUDGING,
+        after(a.evidence.collected_at, 719),
+    );
+    assert_eq!(r.verdict, Verdict::Attested);
+}
+
+#[test]
+fn evidence_from_the_future_fails() {
+    let a = accepted("h100-80gb-hbm3", "n1");
+    let r = judge_node(
+        "n1",
+        Some(&a),
+        &sample_policy(),
+        &JUDGING,
+        after(a.evidence.collected_at, -3600),
+    );
+    assert_eq!(r.verdict, Verdict::Failed);
+    assert!(
+        r.reasons.iter().any(|m| m.contains("in the future")),
+        "{:?}",
+        r.reasons
+    );
+}
+
+#[test]
+fn simulated_evidence_is_not_attested_unless_allowed() {
+    let a = accepted("h100-80gb-hbm3", "n1");
+    let strict = Judging {
+        allow_simulated: false,
+        ..JUDGING
+    };
+    let r = judge_node(
+        "n1",
+        Some(&a),
+        &sample_policy(),
+        &strict,
+        a.evidence.collected_at,
+    );
+    assert_eq!(r.verdict, Verdict::Failed);
+}
+
+#[test]
+fn counts_order_and_ready_condition() {
+    let now = Timestamp::now();
+    let results = vec![
+        result("c", Verdict::Attested),
+        result("b", Verdict::Unknown),
+        result("a", Verdict::Attested),
+        result("d", Verdict::Failed),
+    ];
+    let s = build_status(Some(3), None, results, now);
+    assert_eq!(
+        (
+            s.matched_nodes,
+            s.attested_nodes,
+            s.failed_nodes,
+            s.unknown_nodes
+        ),
+        (4, 2, 1, 1)
+    );
+    let order: Vec<_> = s.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(
+        order,
+        ["d", "b", "a", "c"],
+        "failing first, then unknown, then attested, each by name"
+    );
+    let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "NodesFailed")
+    );
+    assert_eq!(ready.observed_generation, Some(3));
+    let degraded = s.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(degraded.status, "True");
+    assert_eq!(s.observed_generation, Some(3));
+
+    let all_good = build_status(Some(3), None, vec![result("a", Verdict::Attested)], now);
+    let ready = all_good
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", "AllNodesAttested")
+    );
+
+    let none = build_status(Some(1), None, vec![], now);
+    assert_eq!(
+        none.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .reason,
+        "NoMatchingNodes"
+    );
+}
+
+#[test]
+fn the_node_list_and_reasons_stay_bounded() {
+    let now = Timestamp::now();
+    let mut results: Vec<_> = (0..1000)
+        .map(|i| result(&format!("ok-{i:04}"), Verdict::Attested))
+        .collect();
+    let mut bad = result("zz-bad", Verdict::Failed);
+    bad.reasons = (0..20)
+        .map(|i| format!("{i}: {}", "é".repeat(400)))
+        .collect();
+    results.push(bad);
+    let s = build_status(None, None, results, now);
+    assert_eq!(s.nodes.len(), MAX_LISTED_NODES);
+    assert_eq!(s.omitted_nodes, 1001 - MAX_LISTED_NODES as u32);
+    assert_eq!(
+        s.nodes[0].node, "zz-bad",
+        "the failing node is listed even when it sorts last by name"
+    );
+    assert_eq!(s.nodes[0].reasons.len(), MAX_REASONS);
+    assert!(
+        s.nodes[0]
+            .reasons
+            .iter()
+            .all(|r| r.chars().count() == MAX_REASON_CHARS && r.ends_with('…'))
+    );
+    let bytes = serde_json::to_vec(&s).unwrap().len();
+    assert!(bytes < 64 * 1024, "status of 1,001 nodes is {bytes} bytes");
+}
+
+#[test]
+fn transition_times_move_only_on_real_transitions() {
+    let t0 = Timestamp::from_second(1_800_000_000).unwrap();
+    let first = build_status(Some(1), None, vec![result("a", Verdict::Attested)], t0);
+    let same = build_status(
+        Some(1),
+        Some(&first),
+        vec![result("a", Verdict::Attested)],
+        after(t0, 600),
+    );
+    let ready = |s: &lotabots_crds::gpu_attestation::GpuAttestationStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(ready(&same).last_transition_time.0, t0);
+    let flipped = build_status(
+        Some(1),
+        Some(&same),
+        vec![result("a", Verdict::Failed)],
+        after(t0, 1200),
+    );
+    assert_eq!(ready(&flipped).status, "False");
+    assert_eq!(ready(&flipped).last_transition_time.0, after(t0, 1200));
+}
