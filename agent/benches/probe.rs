@@ -72,7 +72,11 @@ fn time_process(program: &str, args: &[&str], runs: usize) -> Option<Vec<Duratio
 
 fn get(addr: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut body = String::new();
     s.read_to_string(&mut body).unwrap();
     body
@@ -89,10 +93,22 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 }
 
 fn bench_serve_memory(backend: &str) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let mut child = Command::new(env!("CARGO_BIN_EXE_lotabots-agent"))
-        .args(["serve", "--backend", backend, "--listen", &addr, "--interval", "1s"])
+        .args([
+            "serve",
+            "--backend",
+            backend,
+            "--listen",
+            &addr,
+            "--interval",
+            "1s",
+        ])
         .env("LOTABOTS_LOG", "warn")
         .stderr(Stdio::null())
         .spawn()
@@ -111,19 +127,31 @@ fn bench_serve_memory(backend: &str) {
     let per_scrape = t.elapsed() / scrapes;
     // Let a few probe intervals pass so that the refresher has run too.
     std::thread::sleep(Duration::from_millis(2500));
-    let (rss, hwm) = (status_kib(child.id(), "VmRSS:"), status_kib(child.id(), "VmHWM:"));
+    let (rss, hwm) = (
+        status_kib(child.id(), "VmRSS:"),
+        status_kib(child.id(), "VmHWM:"),
+    );
     let _ = child.kill();
     let _ = child.wait();
     println!("serve --backend {backend}");
-    println!("  /metrics: {per_scrape:.1?} per scrape ({bytes} bytes, {scrapes} sequential scrapes)");
-    println!("  RSS {:.1} MiB, peak RSS {:.1} MiB", rss as f64 / 1024.0, hwm as f64 / 1024.0);
+    println!(
+        "  /metrics: {per_scrape:.1?} per scrape ({bytes} bytes, {scrapes} sequential scrapes)"
+    );
+    println!(
+        "  RSS {:.1} MiB, peak RSS {:.1} MiB",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
 }
 
 fn main() {
     let backend = std::env::var("LOTABOTS_BENCH_BACKEND").ok();
     let choices: Vec<String> = match &backend {
         Some(b) => vec![b.clone()],
-        None => vec!["simulated:h100-80gb-hbm3".into(), "simulated:h100-sxm5-80gb-x8".into()],
+        None => vec![
+            "simulated:h100-80gb-hbm3".into(),
+            "simulated:h100-sxm5-80gb-x8".into(),
+        ],
     };
     for c in &choices {
         let choice: BackendChoice = c.parse().unwrap();
@@ -133,7 +161,10 @@ fn main() {
     let exe = env!("CARGO_BIN_EXE_lotabots-agent");
     let probe_backend = choices[0].as_str();
     if let Some(p) = time_process(exe, &["probe", "--backend", probe_backend], 20) {
-        println!("probe process (--backend {probe_backend}), start to exit: {}", summary(p));
+        println!(
+            "probe process (--backend {probe_backend}), start to exit: {}",
+            summary(p)
+        );
     }
     if let Some(s) = time_process("nvidia-smi", &["-q"], 5) {
         println!("nvidia-smi -q, start to exit: {}", summary(s));

@@ -43,13 +43,16 @@ pub enum BackendError {
     /// A simulated profile could not be found or read.
     #[error(transparent)]
     Profile(#[from] crate::simulated::ProfileError),
+    /// A command-line input is missing or unusable (node name, CA bundle, URL).
+    #[error("{0}")]
+    Input(String),
 }
 
 impl BackendError {
     /// Whether the problem lies in the user's input (a profile name or file) rather than
     /// in the machine: the CLI exits 2 for those and 1 otherwise.
     pub fn is_input_error(&self) -> bool {
-        matches!(self, BackendError::Profile(_))
+        matches!(self, BackendError::Profile(_) | BackendError::Input(_))
     }
 }
 

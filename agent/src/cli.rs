@@ -5,6 +5,7 @@
 //! 2 unusable input (bad arguments, a bad nonce, an unknown or malformed profile).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lotabots_crds::evidence::{NONCE_LEN, NonceOrigin, parse_nonce};
 
 use crate::backend::{self, BackendChoice, BackendError, ProbeRequest};
+use crate::operator_client::OperatorClient;
 
 /// lotabots node agent: GPU evidence from NVML or a simulated backend.
 #[derive(Debug, Parser)]
@@ -61,6 +63,35 @@ enum Command {
         /// How often to measure the GPUs, e.g. `15s`, `1m`.
         #[arg(long, env = "LOTABOTS_METRICS_INTERVAL", default_value = "15s", value_parser = duration_arg)]
         interval: Duration,
+    },
+    /// Run as the node agent (DaemonSet): attest this node to the operator whenever a
+    /// GpuAttestation selects it, and serve `/metrics`, `/healthz`, `/readyz`.
+    Run {
+        #[command(flatten)]
+        backend: BackendArgs,
+        /// Metrics and probes address.
+        #[arg(long, env = "LOTABOTS_METRICS_ADDR", default_value = "0.0.0.0:9402")]
+        listen: SocketAddr,
+        /// How often to refresh the GPU metrics, e.g. `15s`, `1m`.
+        #[arg(long, env = "LOTABOTS_METRICS_INTERVAL", default_value = "15s", value_parser = duration_arg)]
+        interval: Duration,
+        /// The operator's evidence API, e.g. `https://lotabots-operator.lotabots-system.svc:8443`.
+        #[arg(long, env = "LOTABOTS_OPERATOR_URL")]
+        operator_url: String,
+        /// PEM bundle of the CA that issued the operator's certificate.
+        #[arg(
+            long,
+            env = "LOTABOTS_OPERATOR_CA",
+            default_value = "/etc/lotabots/operator-ca/ca.crt"
+        )]
+        operator_ca: PathBuf,
+        /// The projected ServiceAccount token (audience `lotabots`).
+        #[arg(
+            long,
+            env = "LOTABOTS_TOKEN_FILE",
+            default_value = "/var/run/secrets/lotabots/token"
+        )]
+        token_file: PathBuf,
     },
     /// List the built-in simulated profiles.
     Profiles,
@@ -150,29 +181,27 @@ pub fn run(cli: Cli) -> Result<(), BackendError> {
             backend,
             listen,
             interval,
+        } => serve(&backend, listen, interval, None),
+        Command::Run {
+            backend,
+            listen,
+            interval,
+            operator_url,
+            operator_ca,
+            token_file,
         } => {
-            let selected = select(&backend)?;
-            tracing::info!("{}", selected.note);
-            let hostname = backend
-                .node_name
-                .clone()
-                .unwrap_or_else(crate::metrics::hostname);
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .max_blocking_threads(2)
-                .build()
-                .map_err(|e| BackendError::Query {
-                    query: "tokio runtime",
-                    message: e.to_string(),
-                })?;
-            rt.block_on(crate::server::serve(
-                selected.backend,
-                crate::server::ServeConfig {
-                    listen,
-                    interval,
-                    hostname,
-                },
-            ))
+            let Some(node) = backend.node_name.clone().filter(|n| !n.is_empty()) else {
+                return Err(BackendError::Input(
+                    "run needs the node name (--node-name or NODE_NAME from the downward API)"
+                        .into(),
+                ));
+            };
+            let ca = std::fs::read(&operator_ca).map_err(|e| {
+                BackendError::Input(format!("operator CA {}: {e}", operator_ca.display()))
+            })?;
+            let operator = OperatorClient::new(&operator_url, &ca, token_file)
+                .map_err(|e| BackendError::Input(e.to_string()))?;
+            serve(&backend, listen, interval, Some((node, operator)))
         }
         Command::Profiles => {
             for name in crate::simulated::builtin_names() {
@@ -181,6 +210,55 @@ pub fn run(cli: Cli) -> Result<(), BackendError> {
             Ok(())
         }
     }
+}
+
+/// `serve` and `run`: the metrics server, and in `run` mode the attestation loop.
+fn serve(
+    backend: &BackendArgs,
+    listen: SocketAddr,
+    interval: Duration,
+    attest: Option<(String, OperatorClient)>,
+) -> Result<(), BackendError> {
+    let selected = select(backend)?;
+    tracing::info!("{}", selected.note);
+    let hostname = backend
+        .node_name
+        .clone()
+        .unwrap_or_else(crate::metrics::hostname);
+    let runtime_error = |what: &'static str| {
+        move |e: String| BackendError::Query {
+            query: what,
+            message: e,
+        }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(2)
+        .build()
+        .map_err(|e| runtime_error("tokio runtime")(e.to_string()))?;
+    rt.block_on(async move {
+        let attest = match attest {
+            None => None,
+            Some((_, operator)) => {
+                // Only the ring provider is compiled in; kube's client needs a default.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let kube = kube::Client::try_default()
+                    .await
+                    .map_err(|e| runtime_error("Kubernetes client")(e.to_string()))?;
+                Some(crate::server::AttestTo { kube, operator })
+            }
+        };
+        crate::server::serve(
+            selected.backend,
+            crate::server::ServeConfig {
+                listen,
+                interval,
+                hostname,
+            },
+            attest,
+        )
+        .await
+    })
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ pub struct GpuMetrics {
     unavailable: GaugeVec,
     probe_seconds: GaugeVec,
     probes: IntCounterVec,
+    submissions: IntCounterVec,
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, extra: &[&str]) -> GaugeVec {
@@ -145,8 +146,26 @@ impl GpuMetrics {
             ),
             probe_seconds,
             probes,
+            submissions: {
+                let c = IntCounterVec::new(
+                    Opts::new(
+                        "lotabots_agent_submissions_total",
+                        "Evidence submissions to the operator by outcome.",
+                    ),
+                    &["outcome"],
+                )
+                .expect("valid metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
             registry: r,
         }
+    }
+
+    /// Counts one evidence submission by outcome (`accepted` or the refusal's label).
+    pub fn submission(&self, outcome: &str) {
+        self.submissions.with_label_values(&[outcome]).inc();
     }
 
     /// Counts a failed probe (the previous values stay until the next success).

@@ -40,6 +40,26 @@ impl Default for AgentState {
     }
 }
 
+impl AgentState {
+    /// The metrics.
+    pub fn metrics(&self) -> &GpuMetrics {
+        &self.metrics
+    }
+
+    /// Marks the agent ready (or not).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// In `run` mode: how to reach the API server and the operator.
+pub struct AttestTo {
+    /// The Kubernetes client (GpuAttestations and this node's labels).
+    pub kube: kube::Client,
+    /// The operator's evidence API.
+    pub operator: crate::operator_client::OperatorClient,
+}
+
 /// The HTTP routes, for tests and for `serve`.
 pub fn router(state: Arc<AgentState>) -> Router {
     Router::new()
@@ -99,7 +119,11 @@ pub async fn refresh(
 
 /// Serves until the server fails or the process is interrupted; a failed probe is logged
 /// and retried on the next tick rather than ending the agent.
-pub async fn serve(backend: Box<dyn GpuBackend>, cfg: ServeConfig) -> Result<(), BackendError> {
+pub async fn serve(
+    backend: Box<dyn GpuBackend>,
+    cfg: ServeConfig,
+    attest: Option<AttestTo>,
+) -> Result<(), BackendError> {
     let io = |e: std::io::Error| BackendError::Query {
         query: "metrics server",
         message: e.to_string(),
@@ -110,6 +134,17 @@ pub async fn serve(backend: Box<dyn GpuBackend>, cfg: ServeConfig) -> Result<(),
         .await
         .map_err(io)?;
     tracing::info!(addr = %listener.local_addr().map_err(io)?, "serving /metrics, /healthz, /readyz");
+    let attesting = {
+        let (backend, state, node) = (backend.clone(), state.clone(), cfg.hostname.clone());
+        async move {
+            match attest {
+                Some(to) => {
+                    crate::attest::run_loop(to.kube, backend, to.operator, node, state).await
+                }
+                None => std::future::pending().await,
+            }
+        }
+    };
     let refresher = {
         let state = state.clone();
         async move {
@@ -130,5 +165,6 @@ pub async fn serve(backend: Box<dyn GpuBackend>, cfg: ServeConfig) -> Result<(),
     tokio::select! {
         r = server => r.map_err(io),
         () = refresher => Ok(()),
+        () = attesting => Ok(()),
     }
 }

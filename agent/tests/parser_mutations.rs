@@ -54,19 +54,27 @@ fn mutated_profiles_never_panic() {
             Ok(_) => {}
             Err(e) => {
                 let msg = e.to_string();
-                assert!(msg.starts_with("invalid simulated profile mutant.yaml: "), "{msg}");
+                assert!(
+                    msg.starts_with("invalid simulated profile mutant.yaml: "),
+                    "{msg}"
+                );
                 rejected += 1;
             }
         }
     }
-    assert!(rejected > MUTATIONS / 2, "mutations should mostly break profiles ({rejected})");
+    assert!(
+        rejected > MUTATIONS / 2,
+        "mutations should mostly break profiles ({rejected})"
+    );
 }
 
 #[test]
 fn mutated_evidence_and_nonces_never_panic() {
     let mut rng = StdRng::seed_from_u64(0xe71de);
     let b = SimulatedBackend::load("a100-80gb-mig").unwrap();
-    let e = lotabots_agent::backend::collect(&b, &lotabots_agent::backend::ProbeRequest::local("n")).unwrap();
+    let e =
+        lotabots_agent::backend::collect(&b, &lotabots_agent::backend::ProbeRequest::local("n"))
+            .unwrap();
     let json = serde_json::to_vec(&e).unwrap();
     for _ in 0..MUTATIONS {
         let input = mutate(&mut rng, &json);
