@@ -1,0 +1,222 @@
+//! The `lotabots-e2e` command. `up` is the README's main job: the whole local
+//! environment on this machine, the samples applied, a table of what came of them, and a
+//! kubeconfig to explore it with, until Ctrl-C.
+//!
+//! The operator and one simulated agent per GPU node run in this process (see
+//! [`crate::stack`]); components still to come (webhook, stores) will be started in [`up`]
+//! after the control plane, through [`ControlPlane::spawn`], so Ctrl-C stops them first.
+
+use std::{future::pending, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use std::time::Duration;
+
+use kube::Api;
+use lotabots_crds::gpu_attestation::GpuAttestation;
+
+use crate::stack::{Operator, default_profile, start_agents};
+use crate::{ControlPlane, SimNode, overview, resources, signals, wait};
+
+/// Where `up` runs the agents' identities: the namespace and ServiceAccount of the
+/// agent DaemonSet in `config/`.
+const AGENT_NAMESPACE: &str = "lotabots-system";
+const AGENT_SA: &str = "lotabots-agent";
+
+/// lotabots end-to-end environment on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(name = "lotabots-e2e", version)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Start etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok with
+    /// simulated GPU nodes, install the CRDs, run the operator and one simulated agent per
+    /// GPU node, apply config/samples, print the attestations once the operator judged
+    /// them, and keep running until Ctrl-C.
+    Up(UpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Number of simulated H100 nodes (8 GPUs each), besides one A100 MIG node and one
+    /// CPU-only node.
+    #[arg(long, env = "LOTABOTS_E2E_H100_NODES", default_value_t = 2)]
+    h100_nodes: usize,
+    /// Do not apply config/samples.
+    #[arg(long, env = "LOTABOTS_E2E_NO_SAMPLES")]
+    no_samples: bool,
+}
+
+impl Args {
+    /// Parses the command line and runs the command.
+    pub fn parse_and_run() -> ExitCode {
+        let args = Self::parse();
+        let rt = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("lotabots-e2e: cannot start a runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let res = match args.command {
+            Cmd::Up(up_args) => rt.block_on(up(up_args)),
+        };
+        match res {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lotabots-e2e: {e:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn fleet(h100_nodes: usize) -> Vec<SimNode> {
+    let mut nodes: Vec<SimNode> = (0..h100_nodes)
+        .map(|i| SimNode::gpu(&format!("gpu-h100-{i}"), crate::Gpus::h100_x8()))
+        .collect();
+    nodes.push(SimNode::gpu("gpu-a100-mig-0", crate::Gpus::a100_mig_x8()));
+    nodes.push(SimNode::cpu_only("cpu-0"));
+    nodes
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    // Ctrl-C is how `up` is meant to end: tear down, then exit 0.
+    signals::install(0);
+    let plane = ControlPlane::builder()
+        .with_crds()
+        .nodes(fleet(args.h100_nodes))
+        .start()
+        .await?;
+    eprintln!("lotabots-e2e: control plane {}", plane.timings());
+    let client = plane.client();
+    eprintln!("lotabots-e2e: starting the operator (evidence API and controller)");
+    let operator = Operator::start(
+        client.clone(),
+        vec![format!("{AGENT_NAMESPACE}/{AGENT_SA}")],
+    )
+    .await?;
+    eprintln!("lotabots-e2e: evidence API on {}", operator.url);
+    resources::ensure_namespace(&client, AGENT_NAMESPACE).await?;
+    let fleet: Vec<(String, String)> = plane
+        .nodes()
+        .iter()
+        .filter_map(|n| default_profile(n).map(|p| (n.name.clone(), p.to_owned())))
+        .collect();
+    let agents = start_agents(
+        &client,
+        &operator,
+        AGENT_NAMESPACE,
+        AGENT_SA,
+        &fleet,
+        plane.run_dir(),
+    )
+    .await?;
+    for a in &agents {
+        eprintln!(
+            "lotabots-e2e: agent on {} (simulated {}, token bound to pod {AGENT_NAMESPACE}/{AGENT_SA}-{})",
+            a.node, a.profile, a.node
+        );
+    }
+    if !args.no_samples {
+        for obj in resources::samples()? {
+            let applied = resources::apply(&client, &obj).await?;
+            let kind = applied.types.as_ref().map_or("", |t| t.kind.as_str());
+            let ns = applied
+                .metadata
+                .namespace
+                .as_deref()
+                .map(|n| format!("{n}/"))
+                .unwrap_or_default();
+            eprintln!(
+                "lotabots-e2e: applied {kind} {ns}{}",
+                applied.metadata.name.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    if !args.no_samples {
+        eprintln!("lotabots-e2e: waiting for the operator's verdicts");
+        let judged = wait::until(
+            "every GpuAttestation to be judged",
+            Duration::from_secs(120),
+            || {
+                let client = client.clone();
+                async move {
+                    let atts = Api::<GpuAttestation>::all(client)
+                        .list(&Default::default())
+                        .await?;
+                    Ok(atts
+                        .items
+                        .iter()
+                        .all(|a| {
+                            a.status
+                                .as_ref()
+                                .is_some_and(|s| s.matched_nodes > 0 && s.unknown_nodes == 0)
+                        })
+                        .then_some(()))
+                }
+            },
+        )
+        .await;
+        if let Err(e) = judged {
+            eprintln!("lotabots-e2e: {e:#}");
+        }
+    }
+    println!("\nNODES\n{}", overview::nodes(&client).await?);
+    println!(
+        "GPU ATTESTATIONS\n{}",
+        overview::gpu_attestations(&client).await?
+    );
+    println!(
+        "MODEL ATTESTATIONS\n{}",
+        overview::model_attestations(&client).await?
+    );
+    println!(
+        "(operator: {} evidence submissions accepted; GPUs are simulated, there is no GPU on this machine)\n",
+        operator.api_metrics.submissions("accepted")
+    );
+    let kubeconfig = plane.kubeconfig().display();
+    let kubectl = plane.bins().bin("kubectl");
+    println!("kubeconfig:    {kubeconfig}");
+    println!("run directory: {}", plane.run_dir().display());
+    println!("try:           export KUBECONFIG={kubeconfig}");
+    println!("               {} get gpuatt,nodes", kubectl.display());
+    println!("or:            kubectl --kubeconfig {kubeconfig} get gpuatt,modelatt -A");
+    println!("Press Ctrl-C to stop and remove everything.");
+    // The signal handler tears down and exits; until then the environment stays up.
+    // `plane` must live until then: dropping it would stop everything.
+    pending::<()>().await;
+    drop((agents, operator, plane));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn the_fleet_has_h100_mig_and_cpu_nodes() {
+        let names: Vec<String> = fleet(3).into_iter().map(|n| n.name).collect();
+        assert_eq!(
+            names,
+            [
+                "gpu-h100-0",
+                "gpu-h100-1",
+                "gpu-h100-2",
+                "gpu-a100-mig-0",
+                "cpu-0"
+            ]
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! lotabots itself on the local control plane: the operator (evidence API over TLS on
+//! 127.0.0.1 with the API server's TokenReview, and the controller) and one agent per
+//! simulated GPU node, in this process.
+//!
+//! Each agent presents a token bound to an agent pod that kwok runs on its node — the
+//! identity a DaemonSet pod has — so the operator's node binding is checked for real.
+//! Container images cannot run here (no container engine), which is why the operator and
+//! agents run in-process rather than as the pods of `config/`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
+use kube::runtime::events::Reporter;
+use lotabots_agent::backend::{BackendChoice, GpuBackend, select};
+use lotabots_agent::operator_client::OperatorClient;
+use lotabots_agent::server::AgentState;
+use lotabots_operator::auth::TokenReviewAuthenticator;
+use lotabots_operator::controller::{self, Settings};
+use lotabots_operator::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
+use lotabots_operator::metrics::ControllerMetrics;
+use tokio::task::JoinHandle;
+
+use crate::agents::{AUDIENCE, pod_bound_token, service_account};
+use crate::nodes::SimNode;
+
+/// The operator, in-process.
+pub struct Operator {
+    /// Its evidence API, `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The PEM certificate of its (self-signed) TLS key, for agents to trust.
+    pub ca_pem: String,
+    /// The evidence it accepted.
+    pub evidence: Arc<LatestEvidence>,
+    /// Its evidence API counters.
+    pub api_metrics: ApiMetrics,
+    handle: Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    controller: JoinHandle<()>,
+}
+
+impl Operator {
+    /// Starts the evidence API and the controller; agents of the ServiceAccounts `agents`
+    /// (`namespace/name`) may submit. Simulated evidence is accepted: there is no GPU here.
+    pub async fn start(client: kube::Client, agents: Vec<String>) -> Result<Self> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+        let tls = RustlsConfig::from_pem(
+            cert.cert.pem().into_bytes(),
+            cert.signing_key.serialize_pem().into_bytes(),
+        )
+        .await?;
+        let registry = prometheus::Registry::new();
+        let api_metrics = ApiMetrics::register(&registry)?;
+        let evidence = Arc::new(LatestEvidence::default());
+        let auth = Arc::new(TokenReviewAuthenticator::new(client.clone(), agents));
+        let api = Arc::new(EvidenceApi::new(
+            auth,
+            evidence.clone(),
+            Duration::from_secs(60),
+            RateLimit::default(),
+            api_metrics.clone(),
+        ));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let handle = Handle::new();
+        tokio::spawn(
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle.clone())
+                .serve(api.router().into_make_service()),
+        );
+
+        let settings = Settings {
+            grace: Duration::from_secs(60),
+            allow_simulated: true,
+            resync: Duration::from_secs(5),
+            debounce: Duration::from_millis(200),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let reporter = Reporter {
+            controller: "lotabots-operator".into(),
+            instance: Some("e2e".into()),
+        };
+        let controller = tokio::spawn(controller::run(
+            client,
+            evidence.clone(),
+            settings,
+            ControllerMetrics::register(&registry)?,
+            reporter,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Ok(Self {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: cert.cert.pem(),
+            evidence,
+            api_metrics,
+            handle,
+            stop: Some(stop),
+            controller,
+        })
+    }
+
+    /// A client of its evidence API presenting the token in `token_file`.
+    pub fn client(&self, token_file: PathBuf) -> Result<OperatorClient> {
+        Ok(OperatorClient::new(
+            &self.url,
+            self.ca_pem.as_bytes(),
+            token_file,
+        )?)
+    }
+
+    /// Stops the controller (gracefully) and the evidence API.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.controller).await;
+        self.handle.shutdown();
+    }
+}
+
+/// One running agent.
+pub struct Agent {
+    /// Its node.
+    pub node: String,
+    /// Its client of the operator (with its node-bound token).
+    pub client: OperatorClient,
+    /// The simulated profile it reports.
+    pub profile: String,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The simulated profile an agent on `node` reports by default: what its GPUs are.
+pub fn default_profile(node: &SimNode) -> Option<&'static str> {
+    let gpus = node.gpus.as_ref()?;
+    Some(if gpus.product.contains("A100") {
+        "a100-80gb-mig"
+    } else {
+        "h100-sxm5-80gb-x8"
+    })
+}
+
+/// The simulated backend of `profile`, with GPU identities derived from `node`.
+pub fn backend(profile: &str, node: &str) -> Result<Arc<dyn GpuBackend>> {
+    let selected = select(&BackendChoice::Simulated(profile.into()), None, Some(node))?;
+    Ok(Arc::from(selected.backend))
+}
+
+/// Starts one agent per `(node, profile)`: ServiceAccount `sa` in `ns` (created), an agent
+/// pod on each node with a token bound to it (written under `token_dir`), and the agent
+/// loop, which attests whenever a GpuAttestation selects its node.
+pub async fn start_agents(
+    client: &kube::Client,
+    operator: &Operator,
+    ns: &str,
+    sa: &str,
+    nodes: &[(String, String)],
+    token_dir: &std::path::Path,
+) -> Result<Vec<Agent>> {
+    service_account(client, ns, sa).await?;
+    let mut agents = Vec::new();
+    for (node, profile) in nodes {
+        let (_, token) =
+            pod_bound_token(client, ns, sa, &format!("{sa}-{node}"), node, AUDIENCE).await?;
+        let token_file = token_dir.join(node);
+        std::fs::write(&token_file, token)
+            .with_context(|| format!("writing {}", token_file.display()))?;
+        let op = operator.client(token_file)?;
+        let task = tokio::spawn(lotabots_agent::attest::run_loop(
+            client.clone(),
+            backend(profile, node)?,
+            op.clone(),
+            node.clone(),
+            Arc::new(AgentState::default()),
+        ));
+        agents.push(Agent {
+            node: node.clone(),
+            client: op,
+            profile: profile.clone(),
+            task,
+        });
+    }
+    Ok(agents)
+}

@@ -1,0 +1,340 @@
+//! The operator on a real control plane: its evidence API (with the API server's
+//! TokenReview) and its controller run in-process against kube-apiserver; one agent loop
+//! per kwok GPU node, each with a token bound to an agent pod on its node, attests
+//! whenever a GpuAttestation selects that node. The scenarios check the verdicts, status,
+//! node labels, Events and cleanup the operator writes, that an agent cannot speak for
+//! another node, and that only one replica leads.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use lotabots_agent::attest::{AttestError, attest_once};
+use lotabots_agent::operator_client::ClientError;
+use lotabots_crds::gpu_attestation::{GpuAttestation, GpuAttestationStatus, Verdict};
+use lotabots_crds::labels;
+use lotabots_e2e::stack::{Operator, backend, start_agents};
+use lotabots_e2e::{ControlPlane, SimNode, scenario, suite::Ctx, wait};
+use lotabots_operator::leader::{self, LeaseConfig};
+use serde_json::json;
+use tempfile::TempDir;
+
+fn main() -> ExitCode {
+    lotabots_e2e::suite::main(
+        "operator",
+        || {
+            ControlPlane::builder()
+                .with_crds()
+                .nodes(SimNode::default_fleet())
+        },
+        &[
+            scenario!(agents_attest_selected_nodes_and_the_operator_labels_them),
+            scenario!(one_replica_leads_and_another_takes_over_when_it_stops),
+        ],
+    )
+}
+
+/// How long the operator may take to reach a verdict (agents attest as soon as a
+/// GpuAttestation selects their node; the controller debounces by 200 ms).
+const VERDICT_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The simulated profile each agent reports: one good H100, one node whose GPU is not
+/// what its labels say (a V100 with failing health), one A100 node no policy selects.
+fn agent_profile(node: &str) -> &'static str {
+    match node {
+        "gpu-h100-0" => "h100-80gb-hbm3",
+        "gpu-h100-1" => "faulty-node",
+        _ => "a100-80gb-mig",
+    }
+}
+
+fn h100_fleet(name: &str) -> Result<GpuAttestation> {
+    let path =
+        lotabots_e2e::repo_root().join("config/samples/lotabots_v1alpha1_gpuattestation_h100.yaml");
+    let mut att: GpuAttestation = serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    att.metadata.name = Some(name.into());
+    att.spec.reattestation_interval = "1m".into();
+    Ok(att)
+}
+
+fn node_labels(node: &Node) -> BTreeMap<String, String> {
+    node.metadata.labels.clone().unwrap_or_default()
+}
+
+/// The whole path: agents with pod-bound tokens attest through the evidence API (the API
+/// server reviewing every token); the controller judges, writes status, labels the nodes
+/// and records Events; an agent cannot submit for another node; deleting the
+/// GpuAttestation removes its labels.
+async fn agents_attest_selected_nodes_and_the_operator_labels_them(ctx: Ctx) -> Result<()> {
+    let client = ctx.client();
+    let ns = ctx.namespace().await?;
+    let operator = Operator::start(client.clone(), vec![format!("{ns}/agent")]).await?;
+    let tokens = TempDir::new()?;
+    let fleet: Vec<(String, String)> = ctx
+        .plane()
+        .nodes()
+        .iter()
+        .filter(|n| n.gpus.is_some())
+        .map(|n| (n.name.clone(), agent_profile(&n.name).to_owned()))
+        .collect();
+    let agents = start_agents(&client, &operator, &ns, "agent", &fleet, tokens.path()).await?;
+
+    let name = ctx.name("h100");
+    let atts = Api::<GpuAttestation>::all(client.clone());
+    let started = Instant::now();
+    atts.create(&PostParams::default(), &h100_fleet(&name)?)
+        .await?;
+    let status: GpuAttestationStatus =
+        wait::until("a verdict on both H100 nodes", VERDICT_TIMEOUT, || {
+            let atts = atts.clone();
+            let name = name.clone();
+            async move {
+                let s = atts.get_status(&name).await?.status.unwrap_or_default();
+                Ok((s.matched_nodes == 2 && s.attested_nodes + s.failed_nodes == 2).then_some(s))
+            }
+        })
+        .await?;
+    let verdict_after = started.elapsed();
+    ensure!(
+        (
+            status.attested_nodes,
+            status.failed_nodes,
+            status.unknown_nodes
+        ) == (1, 1, 0),
+        "counts: {status:?}"
+    );
+    let first = status.nodes.first().context("no node entries")?;
+    ensure!(
+        first.node == "gpu-h100-1" && first.verdict == Verdict::Failed,
+        "the failing node is not listed first: {:?}",
+        status.nodes
+    );
+    ensure!(
+        first
+            .reasons
+            .iter()
+            .any(|r| r.contains("Tesla V100") && r.contains("not in allowlist")),
+        "the failing node's reasons do not name its product: {:?}",
+        first.reasons
+    );
+    ensure!(
+        first
+            .evidence_digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "no evidence digest"
+    );
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .context("no Ready condition")?;
+    ensure!(
+        (ready.status.as_str(), ready.reason.as_str()) == ("False", "NodesFailed"),
+        "Ready: {ready:?}"
+    );
+    ensure!(
+        operator.evidence.get("gpu-a100-mig-0").is_none(),
+        "the A100 agent attested though no GpuAttestation selects its node"
+    );
+
+    // Labels: the verdict on the H100 nodes, nothing on the A100 node.
+    let nodes = Api::<Node>::all(client.clone());
+    let labelled = wait::until(
+        "the H100 nodes to carry their verdicts",
+        VERDICT_TIMEOUT,
+        || {
+            let nodes = nodes.clone();
+            async move {
+                let good = node_labels(&nodes.get("gpu-h100-0").await?);
+                let bad = node_labels(&nodes.get("gpu-h100-1").await?);
+                Ok(
+                    (good.get(labels::GPU_ATTESTED).map(String::as_str) == Some("true")
+                        && bad.get(labels::GPU_ATTESTED).map(String::as_str) == Some("false"))
+                    .then_some(good),
+                )
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        labelled.get(labels::GPU_ATTESTATION) == Some(&name),
+        "gpu-attestation label: {labelled:?}"
+    );
+    ensure!(
+        !node_labels(&nodes.get("gpu-a100-mig-0").await?).contains_key(labels::GPU_ATTESTED),
+        "the A100 node was labelled"
+    );
+
+    // Events for the cluster-scoped GpuAttestation land in `default`.
+    let events = Api::<Event>::namespaced(client.clone(), "default");
+    let reasons = wait::until(
+        "NodeAttested and NodeFailed events",
+        VERDICT_TIMEOUT,
+        || {
+            let events = events.clone();
+            let name = name.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?;
+                let reasons: Vec<String> = list
+                    .items
+                    .iter()
+                    .filter(|e| {
+                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str())
+                    })
+                    .filter_map(|e| e.reason.clone())
+                    .collect();
+                Ok((reasons.iter().any(|r| r == "NodeAttested")
+                    && reasons.iter().any(|r| r == "NodeFailed"))
+                .then_some(reasons))
+            }
+        },
+    )
+    .await?;
+
+    // A genuine token of the agent on gpu-h100-0, used to speak for the A100 node.
+    let liar = &agents
+        .iter()
+        .find(|a| a.node == "gpu-h100-0")
+        .context("no agent on gpu-h100-0")?
+        .client;
+    match attest_once(
+        backend("a100-80gb-mig", "gpu-a100-mig-0")?,
+        liar,
+        "gpu-a100-mig-0",
+    )
+    .await
+    {
+        Err(AttestError::Operator(ClientError::Refused {
+            status: 403, code, ..
+        })) if code == "wrong_node" => {}
+        other => bail!("an agent spoke for another node: {other:?}"),
+    }
+    ensure!(
+        operator.api_metrics.submissions("wrong_node") == 1,
+        "the refusal was not counted"
+    );
+
+    // A node relabelled out of the selector leaves the status and loses its labels.
+    let relabel = |product: &str| json!({"metadata": {"labels": {labels::GPU_PRODUCT: product}}});
+    nodes
+        .patch(
+            "gpu-h100-1",
+            &PatchParams::default(),
+            &Patch::Merge(relabel("NVIDIA-H200")),
+        )
+        .await?;
+    wait::until(
+        "gpu-h100-1 to leave the GpuAttestation",
+        VERDICT_TIMEOUT,
+        || {
+            let (atts, nodes, name) = (atts.clone(), nodes.clone(), name.clone());
+            async move {
+                let s = atts.get_status(&name).await?.status.unwrap_or_default();
+                let l = node_labels(&nodes.get("gpu-h100-1").await?);
+                Ok((s.matched_nodes == 1
+                    && s.failed_nodes == 0
+                    && !l.contains_key(labels::GPU_ATTESTED))
+                .then_some(()))
+            }
+        },
+    )
+    .await?;
+    nodes
+        .patch(
+            "gpu-h100-1",
+            &PatchParams::default(),
+            &Patch::Merge(relabel("NVIDIA-H100-80GB-HBM3")),
+        )
+        .await?;
+
+    // Deleting the GpuAttestation removes its labels (finalizer), then the object.
+    atts.delete(&name, &DeleteParams::default()).await?;
+    wait::until(
+        "the GpuAttestation and its node labels to be gone",
+        VERDICT_TIMEOUT,
+        || {
+            let (atts, nodes, name) = (atts.clone(), nodes.clone(), name.clone());
+            async move {
+                let gone = atts.get_opt(&name).await?.is_none();
+                let mut clean = true;
+                for n in ["gpu-h100-0", "gpu-h100-1"] {
+                    let l = node_labels(&nodes.get(n).await?);
+                    clean &= !l.contains_key(labels::GPU_ATTESTED)
+                        && !l.contains_key(labels::GPU_ATTESTATION);
+                }
+                Ok((gone && clean).then_some(()))
+            }
+        },
+    )
+    .await?;
+
+    drop(agents);
+    let accepted = operator.api_metrics.submissions("accepted");
+    ensure!(accepted >= 2, "{accepted} submissions accepted");
+    operator.stop().await;
+    eprintln!(
+        "operator: verdicts on 2 H100 nodes {:.1} s after the GpuAttestation was created; {accepted} submissions accepted; events {reasons:?}",
+        verdict_after.as_secs_f64(),
+    );
+    Ok(())
+}
+
+/// Two replicas and one Lease: the first leads, the second waits while the first renews,
+/// and takes over once the first stops renewing; the first then learns it lost.
+async fn one_replica_leads_and_another_takes_over_when_it_stops(ctx: Ctx) -> Result<()> {
+    let ns = ctx.namespace().await?;
+    let leases = Api::<Lease>::namespaced(ctx.client(), &ns);
+    let replica = |identity: &str| LeaseConfig {
+        namespace: ns.clone(),
+        name: "lotabots-operator".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(3),
+        retry: Duration::from_secs(1),
+    };
+    let (a, b) = (replica("replica-a"), replica("replica-b"));
+    leader::acquire(&leases, &a).await?;
+    let holding = {
+        let (leases, a) = (leases.clone(), a.clone());
+        tokio::spawn(async move { leader::hold(&leases, &a).await })
+    };
+    if tokio::time::timeout(Duration::from_secs(6), leader::acquire(&leases, &b))
+        .await
+        .is_ok()
+    {
+        bail!("replica-b took the Lease while replica-a renewed it");
+    }
+    holding.abort();
+    let stopped = Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), leader::acquire(&leases, &b))
+        .await
+        .context("replica-b never took over")??;
+    let takeover = stopped.elapsed();
+    let lease = leases.get("lotabots-operator").await?;
+    let spec = lease.spec.context("a Lease without spec")?;
+    ensure!(
+        spec.holder_identity.as_deref() == Some("replica-b"),
+        "holder {:?}",
+        spec.holder_identity
+    );
+    ensure!(
+        spec.lease_transitions == Some(1),
+        "transitions {:?}",
+        spec.lease_transitions
+    );
+    let lost = tokio::time::timeout(Duration::from_secs(10), leader::hold(&leases, &a))
+        .await
+        .context("replica-a never noticed")?;
+    ensure!(lost.contains("replica-b"), "replica-a's reason: {lost}");
+    eprintln!(
+        "operator: replica-b took over {:.1} s after replica-a stopped renewing a 3 s Lease",
+        takeover.as_secs_f64()
+    );
+    Ok(())
+}
