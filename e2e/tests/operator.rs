@@ -130,15 +130,23 @@ async fn agents_attest_selected_nodes_and_the_operator_labels_them(ctx: Ctx) -> 
             .is_some_and(|d| d.starts_with("sha256:")),
         "no evidence digest"
     );
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .context("no Ready condition")?;
-    ensure!(
-        (ready.status.as_str(), ready.reason.as_str()) == ("False", "NodesFailed"),
-        "Ready: {ready:?}"
-    );
+    // A failed node: not Ready, and Stalled (kstatus Failed, Argo CD Degraded).
+    for (type_, want) in [
+        ("Ready", "False"),
+        ("Stalled", "True"),
+        ("Reconciling", "False"),
+    ] {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .with_context(|| format!("no {type_} condition"))?;
+        ensure!(
+            (c.status.as_str(), c.reason.as_str()) == (want, "NodesFailed")
+                && c.observed_generation == Some(1),
+            "{type_}: {c:?}"
+        );
+    }
     ensure!(
         operator.evidence.get("gpu-a100-mig-0").is_none(),
         "the A100 agent attested though no GpuAttestation selects its node"

@@ -49,11 +49,14 @@ fn template() -> NodeEvidence {
     collect(&backend, &req).unwrap()
 }
 
-const JUDGING: Judging = Judging {
-    interval: Duration::from_secs(600),
-    grace: Duration::from_secs(120),
-    allow_simulated: true,
-};
+fn judging() -> Judging {
+    Judging {
+        interval: Duration::from_secs(600),
+        grace: Duration::from_secs(120),
+        allow_simulated: true,
+        waiting_since: Timestamp::now(),
+    }
+}
 
 fn api(nodes: usize) -> (Router, Arc<LatestEvidence>) {
     let names: Vec<&'static str> = (0..nodes)
@@ -128,7 +131,7 @@ async fn round(
         String::from_utf8_lossy(&body)
     );
     let latest = sink.get(node).unwrap();
-    let r = judge_node(node, Some(&latest), policy, &JUDGING, Timestamp::now());
+    let r = judge_node(node, Some(&latest), policy, &judging(), Timestamp::now());
     assert_eq!(
         r.verdict,
         lotabots_crds::gpu_attestation::Verdict::Attested,
@@ -207,7 +210,7 @@ fn fleet_memory() {
                     &node,
                     sink.get(&node).as_deref(),
                     &policy,
-                    &JUDGING,
+                    &judging(),
                     Timestamp::now(),
                 )
             })
@@ -260,7 +263,7 @@ fn stages() {
             "node-0",
             Some(&accepted),
             &policy,
-            &JUDGING,
+            &judging(),
             e.collected_at,
         ));
     });

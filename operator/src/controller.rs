@@ -227,6 +227,11 @@ async fn apply(att: &GpuAttestation, ctx: &Context) -> Result<Action, Error> {
         interval,
         grace: ctx.settings.grace,
         allow_simulated: ctx.settings.allow_simulated,
+        waiting_since: att
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(now, |t| t.0),
     };
 
     let all_nodes = ctx.nodes.state();
@@ -244,6 +249,19 @@ async fn apply(att: &GpuAttestation, ctx: &Context) -> Result<Action, Error> {
         .collect();
 
     publish_changes(att, &results, ctx).await;
+    if results.is_empty() && !already_reported_no_match(att) {
+        // Ready (nothing to attest) but probably not what was meant: say so once.
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason::NO_MATCHING_NODES.into(),
+            note: Some("the node selector matches no node: nothing is attested".into()),
+            action: "Select".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &att.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not record event");
+        }
+    }
     ctx.metrics.set_nodes(&name, &results);
 
     // Labels: the verdict on matched nodes; nothing on nodes this attestation labelled
@@ -363,6 +381,16 @@ async fn patch_status(
         )
         .await?;
     Ok(())
+}
+
+/// Whether the last status already said that the selector matches nothing.
+fn already_reported_no_match(att: &GpuAttestation) -> bool {
+    att.status
+        .iter()
+        .flat_map(|s| s.conditions.iter())
+        .any(|c| {
+            c.type_ == lotabots_crds::conditions::READY && c.reason == reason::NO_MATCHING_NODES
+        })
 }
 
 /// At most this many verdict-change Events per reconcile, so that a fleet-wide change

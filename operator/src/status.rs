@@ -31,6 +31,9 @@ pub struct Judging {
     pub grace: Duration,
     /// Accept evidence of the simulated backend (development clusters only).
     pub allow_simulated: bool,
+    /// Since when the GpuAttestation has been waiting for evidence (its creation): a node
+    /// without evidence is pending until interval plus grace after this, then silent.
+    pub waiting_since: Timestamp,
 }
 
 /// One node's verdict with what it rests on.
@@ -44,6 +47,9 @@ pub struct NodeResult {
     pub reasons: Vec<String>,
     /// The evidence's digest, if there was evidence.
     pub digest: Option<String>,
+    /// Unknown only because the first evidence is still expected (within interval plus
+    /// grace): the attestation is in progress, not stuck.
+    pub pending: bool,
 }
 
 /// Judges one node from its latest accepted evidence (none: the agent never reported).
@@ -54,17 +60,29 @@ pub fn judge_node(
     judging: &Judging,
     now: Timestamp,
 ) -> NodeResult {
+    let max_age = judging.interval + judging.grace;
     let Some(accepted) = latest else {
+        let waited = now.duration_since(judging.waiting_since);
+        let pending = !waited.is_positive() || waited.unsigned_abs() <= max_age;
+        let reason = if pending {
+            "no evidence received from the node's agent yet".to_owned()
+        } else {
+            format!(
+                "agent silent: no evidence from the node's agent in the {}s since this GpuAttestation was created (interval plus grace: {}s)",
+                waited.as_secs(),
+                max_age.as_secs()
+            )
+        };
         return NodeResult {
             node: node.to_owned(),
             verdict: Verdict::Unknown,
-            reasons: vec!["no evidence received from the node's agent yet".into()],
+            reasons: vec![reason],
             digest: None,
+            pending,
         };
     };
     // A silent agent: its latest evidence is too old to vouch for the node, but that is a
     // question, not proof of a fault.
-    let max_age = judging.interval + judging.grace;
     let age = now.duration_since(accepted.evidence.collected_at);
     if age.is_positive() && age.unsigned_abs() > max_age {
         return NodeResult {
@@ -77,6 +95,7 @@ pub fn judge_node(
                 max_age.as_secs()
             )],
             digest: Some(accepted.digest.clone()),
+            pending: false,
         };
     }
     let ctx = Context {
@@ -92,6 +111,7 @@ pub fn judge_node(
         verdict: verdict.verdict,
         reasons: verdict.findings.iter().map(|f| f.message.clone()).collect(),
         digest: Some(accepted.digest.clone()),
+        pending: false,
     }
 }
 
@@ -134,61 +154,74 @@ pub fn build_status(
         })
         .collect();
 
-    let ready = if matched == 0 {
+    // One meaning for people, kstatus (Flux) and Argo CD alike: Ready=True is healthy,
+    // Reconciling=True in progress, Stalled=True failed.
+    let silent = results
+        .iter()
+        .filter(|r| r.verdict == Verdict::Unknown && !r.pending)
+        .count();
+    let (ready, why) = if matched == 0 {
         (
-            cstatus::FALSE,
-            reason::NO_MATCHING_NODES,
-            "the node selector matches no node".to_owned(),
+            Health::Ready,
+            (
+                reason::NO_MATCHING_NODES,
+                "the node selector matches no node".to_owned(),
+            ),
         )
     } else if failed > 0 {
         (
-            cstatus::FALSE,
-            reason::NODES_FAILED,
-            format!("{failed} of {matched} nodes failed the policy"),
+            Health::Stalled,
+            (
+                reason::NODES_FAILED,
+                format!("{failed} of {matched} nodes failed the policy"),
+            ),
+        )
+    } else if silent > 0 {
+        (
+            Health::Stalled,
+            (
+                reason::NODES_UNKNOWN,
+                format!(
+                    "{silent} of {matched} nodes have no fresh evidence: their agents are silent past the grace period"
+                ),
+            ),
         )
     } else if unknown > 0 {
         (
-            cstatus::FALSE,
-            reason::NODES_UNKNOWN,
-            format!("{unknown} of {matched} nodes have no fresh, conclusive evidence"),
+            Health::Reconciling,
+            (
+                reason::RECONCILING,
+                format!("waiting for the first evidence of {unknown} of {matched} nodes"),
+            ),
         )
     } else {
         (
-            cstatus::TRUE,
-            reason::ALL_NODES_ATTESTED,
-            format!("all {matched} nodes attested"),
+            Health::Ready,
+            (
+                reason::ALL_NODES_ATTESTED,
+                format!("all {matched} nodes attested"),
+            ),
         )
     };
-    let degraded = if failed + unknown > 0 {
-        (cstatus::TRUE, ready.1, ready.2.clone())
-    } else {
-        (cstatus::FALSE, ready.1, ready.2.clone())
-    };
-    let evaluated = if unknown == 0 {
-        (cstatus::TRUE, ready.1, format!("{matched} nodes evaluated"))
-    } else {
-        (
-            cstatus::FALSE,
-            reason::PENDING,
-            format!("{unknown} nodes not conclusively evaluated"),
-        )
-    };
+    let flag = |b: bool| if b { cstatus::TRUE } else { cstatus::FALSE };
     let prev = previous
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let conditions = [
-        (conditions::READY, ready),
-        (conditions::DEGRADED, degraded),
-        (conditions::NODES_EVALUATED, evaluated),
+        (conditions::READY, flag(ready == Health::Ready)),
+        (conditions::RECONCILING, flag(ready == Health::Reconciling)),
+        (conditions::STALLED, flag(ready == Health::Stalled)),
+        (conditions::DEGRADED, flag(failed + silent as u32 > 0)),
+        (conditions::NODES_EVALUATED, flag(unknown == 0)),
     ]
     .into_iter()
-    .map(|(type_, (status, reason, message))| {
+    .map(|(type_, status)| {
         condition(
             prev,
             type_,
             status,
-            reason,
-            message,
+            why.0,
+            why.1.clone(),
             generation,
             &checked_at,
         )
@@ -205,6 +238,14 @@ pub fn build_status(
         omitted_nodes: matched.saturating_sub(nodes.len() as u32),
         nodes,
     }
+}
+
+/// Which of Ready, Reconciling and Stalled is true.
+#[derive(PartialEq, Eq)]
+enum Health {
+    Ready,
+    Reconciling,
+    Stalled,
 }
 
 fn condition(

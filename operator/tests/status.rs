@@ -5,17 +5,25 @@ mod common;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use lotabots_crds::gpu_attestation::Verdict;
+use lotabots_crds::gpu_attestation::{GpuAttestationStatus, Verdict};
 use lotabots_operator::evidence_api::AcceptedEvidence;
 use lotabots_operator::status::{
     Judging, MAX_LISTED_NODES, MAX_REASON_CHARS, MAX_REASONS, NodeResult, build_status, judge_node,
 };
 
-const JUDGING: Judging = Judging {
-    interval: Duration::from_secs(600),
-    grace: Duration::from_secs(120),
-    allow_simulated: true,
-};
+/// A 10-minute interval with 2 minutes of grace, for a GpuAttestation created `since`.
+fn judging_since(since: Timestamp) -> Judging {
+    Judging {
+        interval: Duration::from_secs(600),
+        grace: Duration::from_secs(120),
+        allow_simulated: true,
+        waiting_since: since,
+    }
+}
+
+fn judging() -> Judging {
+    judging_since(Timestamp::now())
+}
 
 use common::sample_policy;
 
@@ -35,7 +43,21 @@ fn result(node: &str, verdict: Verdict) -> NodeResult {
         verdict,
         reasons: vec![format!("{node} is {verdict}")],
         digest: None,
+        pending: false,
     }
+}
+
+/// A node still waiting for its first evidence.
+fn pending(node: &str) -> NodeResult {
+    NodeResult {
+        pending: true,
+        ..result(node, Verdict::Unknown)
+    }
+}
+
+fn condition(s: &GpuAttestationStatus, type_: &str) -> (String, String) {
+    let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+    (c.status.clone(), c.reason.clone())
 }
 
 fn after(t: Timestamp, secs: i64) -> Timestamp {
@@ -44,7 +66,7 @@ fn after(t: Timestamp, secs: i64) -> Timestamp {
 
 #[test]
 fn a_node_whose_agent_never_reported_is_unknown() {
-    let r = judge_node("n1", None, &sample_policy(), &JUDGING, Timestamp::now());
+    let r = judge_node("n1", None, &sample_policy(), &judging(), Timestamp::now());
     assert_eq!(r.verdict, Verdict::Unknown);
     assert_eq!(
         r.reasons,
@@ -59,7 +81,7 @@ fn fresh_evidence_that_meets_the_policy_attests_the_node() {
         "n1",
         Some(&a),
         &sample_policy(),
-        &JUDGING,
+        &judging(),
         after(a.evidence.collected_at, 5),
     );
     assert_eq!(r.verdict, Verdict::Attested, "{:?}", r.reasons);
@@ -73,7 +95,7 @@ fn a_faulty_gpu_fails_the_node() {
         "n1",
         Some(&a),
         &sample_policy(),
-        &JUDGING,
+        &judging(),
         a.evidence.collected_at,
     );
     assert_eq!(r.verdict, Verdict::Failed);
@@ -87,7 +109,7 @@ fn a_silent_agent_makes_its_node_unknown_not_failed() {
         "n1",
         Some(&a),
         &sample_policy(),
-        &JUDGING,
+        &judging(),
         after(a.evidence.collected_at, 721),
     );
     assert_eq!(r.verdict, Verdict::Unknown);
@@ -101,7 +123,7 @@ fn a_silent_agent_makes_its_node_unknown_not_failed() {
         "n1",
         Some(&a),
         &sample_policy(),
-        &JUDGING,
+        &judging(),
         after(a.evidence.collected_at, 719),
     );
     assert_eq!(r.verdict, Verdict::Attested);
@@ -114,7 +136,7 @@ fn evidence_from_the_future_fails() {
         "n1",
         Some(&a),
         &sample_policy(),
-        &JUDGING,
+        &judging(),
         after(a.evidence.collected_at, -3600),
     );
     assert_eq!(r.verdict, Verdict::Failed);
@@ -130,7 +152,7 @@ fn simulated_evidence_is_not_attested_unless_allowed() {
     let a = accepted("h100-80gb-hbm3", "n1");
     let strict = Judging {
         allow_simulated: false,
-        ..JUDGING
+        ..judging()
     };
     let r = judge_node(
         "n1",
@@ -190,12 +212,8 @@ fn counts_order_and_ready_condition() {
 
     let none = build_status(Some(1), None, vec![], now);
     assert_eq!(
-        none.conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap()
-            .reason,
-        "NoMatchingNodes"
+        condition(&none, "Ready"),
+        ("True".into(), "NoMatchingNodes".into())
     );
 }
 
@@ -254,4 +272,74 @@ fn transition_times_move_only_on_real_transitions() {
     );
     assert_eq!(ready(&flipped).status, "False");
     assert_eq!(ready(&flipped).last_transition_time.0, after(t0, 1200));
+}
+
+#[test]
+fn a_node_without_evidence_is_pending_then_silent() {
+    let created = Timestamp::from_second(1_800_000_000).unwrap();
+    let j = judging_since(created);
+    let early = judge_node("n1", None, &sample_policy(), &j, after(created, 700));
+    assert!(early.pending && early.verdict == Verdict::Unknown);
+    let late = judge_node("n1", None, &sample_policy(), &j, after(created, 721));
+    assert!(!late.pending && late.verdict == Verdict::Unknown);
+    assert!(
+        late.reasons[0].starts_with("agent silent: no evidence"),
+        "{:?}",
+        late.reasons
+    );
+}
+
+/// The GitOps table of the packaging issue: Ready=True healthy, Reconciling=True in
+/// progress, Stalled=True failed — one meaning for people, kstatus and Argo CD.
+#[test]
+fn conditions_follow_one_health_model() {
+    let now = Timestamp::now();
+    let st = |results| build_status(Some(2), None, results, now);
+    let healthy = st(vec![result("a", Verdict::Attested)]);
+    assert_eq!(
+        condition(&healthy, "Ready"),
+        ("True".into(), "AllNodesAttested".into())
+    );
+    assert_eq!(condition(&healthy, "Reconciling").0, "False");
+    assert_eq!(condition(&healthy, "Stalled").0, "False");
+
+    let waiting = st(vec![result("a", Verdict::Attested), pending("b")]);
+    assert_eq!(
+        condition(&waiting, "Ready"),
+        ("False".into(), "Reconciling".into())
+    );
+    assert_eq!(condition(&waiting, "Reconciling").0, "True");
+    assert_eq!(condition(&waiting, "Stalled").0, "False");
+
+    let silent = st(vec![
+        result("a", Verdict::Attested),
+        result("b", Verdict::Unknown),
+    ]);
+    assert_eq!(
+        condition(&silent, "Stalled"),
+        ("True".into(), "NodesUnknown".into())
+    );
+    assert_eq!(condition(&silent, "Ready").0, "False");
+
+    let failed = st(vec![result("a", Verdict::Failed), pending("b")]);
+    assert_eq!(
+        condition(&failed, "Stalled"),
+        ("True".into(), "NodesFailed".into())
+    );
+    assert_eq!(condition(&failed, "Reconciling").0, "False");
+
+    let none = st(vec![]);
+    assert_eq!(
+        condition(&none, "Ready"),
+        ("True".into(), "NoMatchingNodes".into())
+    );
+    assert_eq!(condition(&none, "Stalled").0, "False");
+    assert!(
+        [&healthy, &waiting, &silent, &failed, &none]
+            .iter()
+            .all(|s| s
+                .conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(2)))
+    );
 }
