@@ -1,6 +1,6 @@
 //! Every sample in `config/samples/` parses into its Rust type, passes the Rust-side
 //! validation and the CRD's CEL rules, and the H100 sample agrees with the real H100
-//! record in `shared/fixtures/gpu/h100-80gb-hbm3`.
+//! record in `shared/fixtures/gpu/h100-80gb-hbm3` (its copy under agent/tests/fixtures).
 
 use std::path::{Path, PathBuf};
 
@@ -100,7 +100,9 @@ fn unwrap_debug(v: &Value) -> String {
 
 #[test]
 fn h100_sample_admits_the_real_h100_record() {
-    let fixture: &Path = &repo_root().join("../shared/fixtures/gpu/h100-80gb-hbm3/nvml-probe.json");
+    // The repository's copy of shared/fixtures/gpu (agent/tests/h100_fidelity.rs checks
+    // that the copy equals the original wherever both exist).
+    let fixture: &Path = &repo_root().join("agent/tests/fixtures/h100-80gb-hbm3/nvml-probe.json");
     let probe: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture).unwrap_or_else(|e| panic!("{}: {e}", fixture.display())),
     )
