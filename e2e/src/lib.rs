@@ -20,6 +20,7 @@ pub mod hygiene;
 pub mod kubeconfig;
 pub mod nodes;
 pub mod overview;
+pub mod packaging;
 pub mod pki;
 pub mod pods;
 pub mod ports;
