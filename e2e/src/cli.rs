@@ -2,8 +2,8 @@
 //! environment on this machine, the samples applied, a table of what came of them, and a
 //! kubeconfig to explore it with, until Ctrl-C.
 //!
-//! The operator and one simulated agent per GPU node run in this process (see
-//! [`crate::stack`]); components still to come (webhook, stores) will be started in [`up`]
+//! The operator, the admission webhook and one simulated agent per GPU node run in this
+//! process (see [`crate::stack`]); components still to come (stores) will be started in [`up`]
 //! after the control plane, through [`ControlPlane::spawn`], so Ctrl-C stops them first.
 
 use std::{future::pending, process::ExitCode};
@@ -16,7 +16,7 @@ use std::time::Duration;
 use kube::Api;
 use lotabots_crds::gpu_attestation::GpuAttestation;
 
-use crate::stack::{Operator, default_profile, start_agents};
+use crate::stack::{Operator, Webhook, default_profile, start_agents};
 use crate::{ControlPlane, SimNode, overview, resources, signals, wait};
 
 /// Where `up` runs the agents' identities: the namespace and ServiceAccount of the
@@ -123,6 +123,13 @@ async fn up(args: UpArgs) -> Result<()> {
             a.node, a.profile, a.node
         );
     }
+    eprintln!("lotabots-e2e: starting the admission webhook (default policy)");
+    let webhook = Webhook::start().await?;
+    webhook.register(&client).await?;
+    eprintln!(
+        "lotabots-e2e: webhook on {} registered (pods outside kube-system and {AGENT_NAMESPACE} are checked)",
+        webhook.url
+    );
     if !args.no_samples {
         for obj in resources::samples()? {
             let applied = resources::apply(&client, &obj).await?;
@@ -191,7 +198,7 @@ async fn up(args: UpArgs) -> Result<()> {
     // The signal handler tears down and exits; until then the environment stays up.
     // `plane` must live until then: dropping it would stop everything.
     pending::<()>().await;
-    drop((agents, operator, plane));
+    drop((webhook, agents, operator, plane));
     Ok(())
 }
 

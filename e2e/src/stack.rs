@@ -193,3 +193,82 @@ pub async fn start_agents(
     }
     Ok(agents)
 }
+
+/// The admission webhook, in-process, registered with the API server by
+/// `https://127.0.0.1:PORT` URL (no Service: nothing may dial a cluster IP here).
+pub struct Webhook {
+    /// Its admission endpoint, `https://127.0.0.1:PORT`.
+    pub url: String,
+    /// The PEM certificate of its (self-signed) TLS key: the `caBundle`.
+    pub ca_pem: String,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Webhook {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Webhook {
+    /// Serves the default policy of `config/webhook/policy.yaml`.
+    pub async fn start() -> Result<Self> {
+        use lotabots_webhook::{cli::DEFAULT_POLICY, metrics::Metrics, policy::Policy};
+        use lotabots_webhook::{reload::PolicyStore, server, tls};
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+        let config = tls::server_config(
+            cert.cert.pem().as_bytes(),
+            cert.signing_key.serialize_pem().as_bytes(),
+        )?;
+        let policy = Policy::from_yaml(DEFAULT_POLICY)
+            .map_err(|e| anyhow::anyhow!("default policy: {e}"))?;
+        let state = Arc::new(server::AppState {
+            policy: Arc::new(PolicyStore::new(policy)),
+            metrics: Metrics::new(),
+            max_body_bytes: 8 * 1024 * 1024,
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let task = tokio::spawn(server::serve_tls(
+            listener,
+            Arc::new(tls::TlsStore::new(config)),
+            server::admission_router(state),
+        ));
+        Ok(Self {
+            url: format!("https://127.0.0.1:{port}"),
+            ca_pem: cert.cert.pem(),
+            task,
+        })
+    }
+
+    /// Registers the production webhook configuration of `config/webhook/`, each
+    /// webhook's Service reference replaced by this server's URL and CA.
+    pub async fn register(&self, client: &kube::Client) -> Result<()> {
+        use k8s_openapi::ByteString;
+        use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+
+        let path = crate::repo_root().join("config/webhook/validating-webhook-configuration.yaml");
+        let mut config: ValidatingWebhookConfiguration =
+            serde_yaml::from_str(&std::fs::read_to_string(&path)?)
+                .with_context(|| format!("reading {}", path.display()))?;
+        for hook in config.webhooks.iter_mut().flatten() {
+            let service = hook
+                .client_config
+                .service
+                .take()
+                .context("a webhook without a Service")?;
+            hook.client_config.url =
+                Some(format!("{}{}", self.url, service.path.unwrap_or_default()));
+            hook.client_config.ca_bundle = Some(ByteString(self.ca_pem.clone().into_bytes()));
+        }
+        config.metadata.annotations = None;
+        kube::Api::<ValidatingWebhookConfiguration>::all(client.clone())
+            .create(&kube::api::PostParams::default(), &config)
+            .await
+            .context("registering the webhook configuration")?;
+        Ok(())
+    }
+}
