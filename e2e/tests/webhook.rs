@@ -97,8 +97,9 @@ async fn the_api_server_enforces_the_mount_policy_through_the_webhook(ctx: Ctx) 
     ensure!(
         why.contains("[protectedPaths]")
             && why.contains("volume \"host\"")
-            && why.contains("spec.volumes[0].hostPath.path"),
-        "the refusal does not name rule, volume and field: {why}"
+            && why.contains("spec.volumes[0].hostPath.path")
+            && why.contains("mounted by container \"main\""),
+        "the refusal does not name rule, volume, field and container: {why}"
     );
 
     // Whole path segments: /var/run/containerd-extra is not the protected directory, but

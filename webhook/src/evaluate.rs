@@ -307,7 +307,39 @@ fn volume_exempt_by_containers(
     mounters.peek().is_some() && mounters.all(|c| policy.container_exempt(rule, c.name))
 }
 
+/// Checks one volume; a finding about the volume as a whole names the containers that
+/// mount it, so that the message says where the exposure lands.
 fn volume(
+    policy: &Policy,
+    who: PodIdentity<'_>,
+    containers: &[ContainerView<'_>],
+    index: usize,
+    v: &Volume,
+    spec_path: &str,
+    out: &mut Vec<Violation>,
+) {
+    let start = out.len();
+    volume_rules(policy, who, containers, index, v, spec_path, out);
+    let mounters: Vec<String> = containers
+        .iter()
+        .filter(|c| c.volume_mounts.iter().any(|m| m.name == v.name))
+        .map(|c| format!("{:?}", c.name))
+        .collect();
+    if mounters.is_empty() {
+        return;
+    }
+    for found in &mut out[start..] {
+        if found.container.is_none() {
+            found.message = format!(
+                "{}; mounted by container {}",
+                found.message,
+                mounters.join(", ")
+            );
+        }
+    }
+}
+
+fn volume_rules(
     policy: &Policy,
     who: PodIdentity<'_>,
     containers: &[ContainerView<'_>],
