@@ -36,6 +36,7 @@ fn main() -> ExitCode {
         &[
             scenario!(agents_attest_selected_nodes_and_the_operator_labels_them),
             scenario!(one_replica_leads_and_another_takes_over_when_it_stops),
+            scenario!(run_leads_then_serves_probes_metrics_and_the_evidence_api),
         ],
     )
 }
@@ -344,5 +345,104 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops(ctx: Ctx) -> Res
         "operator: replica-b took over {:.1} s after replica-a stopped renewing a 3 s Lease",
         takeover.as_secs_f64()
     );
+    Ok(())
+}
+
+/// `lotabots-operator run` as its command wires it (TLS from files, probes, leader
+/// election, evidence API with TokenReview, controller), with the harness's client: not
+/// ready until it leads, then ready; a forged token is refused by the API server's review
+/// and counted; it stops cleanly when asked.
+async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> Result<()> {
+    use lotabots_operator::controller::Settings;
+    use lotabots_operator::run::{RunConfig, run_with};
+
+    let ns = ctx.namespace().await?;
+    let dir = TempDir::new()?;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+    let (tls_cert, tls_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&tls_cert, cert.cert.pem())?;
+    std::fs::write(&tls_key, cert.signing_key.serialize_pem())?;
+    let ports = lotabots_e2e::ports::free_ports(2)?;
+    let cfg = RunConfig {
+        listen: ([127, 0, 0, 1], ports[0]).into(),
+        tls_cert,
+        tls_key,
+        probe_addr: ([127, 0, 0, 1], ports[1]).into(),
+        agents: vec![format!("{ns}/agent")],
+        nonce_ttl: Duration::from_secs(60),
+        settings: Settings {
+            grace: Duration::from_secs(60),
+            allow_simulated: true,
+            resync: Duration::from_secs(5),
+            debounce: Duration::from_millis(200),
+        },
+        lease: LeaseConfig {
+            namespace: ns.clone(),
+            name: "lotabots-operator".into(),
+            identity: "run-0".into(),
+            duration: Duration::from_secs(3),
+            retry: Duration::from_secs(1),
+        },
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn(run_with(ctx.client(), cfg, async move {
+        let _ = stopped.await;
+    }));
+
+    let http = reqwest::Client::new();
+    let probe = format!("http://127.0.0.1:{}", ports[1]);
+    wait::until(
+        "run to lead and report ready",
+        Duration::from_secs(30),
+        || {
+            let (http, url) = (http.clone(), format!("{probe}/readyz"));
+            async move {
+                Ok(match http.get(&url).send().await {
+                    Ok(r) if r.status() == 200 => Some(()),
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await?;
+    let holder = Api::<Lease>::namespaced(ctx.client(), &ns)
+        .get("lotabots-operator")
+        .await?
+        .spec
+        .and_then(|s| s.holder_identity);
+    ensure!(
+        holder.as_deref() == Some("run-0"),
+        "Lease holder {holder:?}"
+    );
+
+    // A token the API server does not know: refused by its TokenReview, and counted.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "not-a-token")?;
+    let client = lotabots_agent::operator_client::OperatorClient::new(
+        &format!("https://127.0.0.1:{}", ports[0]),
+        cert.cert.pem().as_bytes(),
+        token,
+    )?;
+    match client.challenge().await {
+        Err(ClientError::Refused {
+            status: 401, code, ..
+        }) if code == "token_rejected" => {}
+        other => bail!("a forged token was not refused: {other:?}"),
+    }
+    let metrics = http
+        .get(format!("{probe}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        metrics.contains("lotabots_challenges_total{outcome=\"token_rejected\"} 1"),
+        "the refusal is not counted:\n{metrics}"
+    );
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(20), operator)
+        .await
+        .context("run did not stop when asked")???;
     Ok(())
 }

@@ -58,6 +58,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API")?;
+    run_with(client, cfg, shutdown_signal()).await
+}
+
+/// Runs the operator with `client` until `shutdown` resolves (Ok) or a failure (Err).
+pub async fn run_with(
+    client: Client,
+    cfg: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let registry = Registry::new();
     let api_metrics = ApiMetrics::register(&registry)?;
     let controller_metrics = ControllerMetrics::register(&registry)?;
@@ -69,7 +79,6 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
     let probe_router = probe_routes(registry, leading.clone());
     let probe_server = tokio::spawn(async move { axum::serve(probes, probe_router).await });
 
-    let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let leases: Api<Lease> = Api::namespaced(client.clone(), &cfg.lease.namespace);
     tokio::select! {
