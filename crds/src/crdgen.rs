@@ -19,10 +19,21 @@ pub const DEFAULT_OUTPUT_DIR: &str = "config/crd/bases";
 /// The command that regenerates the checked-in manifests.
 pub const REGENERATE_COMMAND: &str = "cargo run -p lotabots-crds --bin crdgen";
 
-/// Every CRD of the project.
+/// Every CRD of the project, annotated so that Argo CD applies them in an earlier sync
+/// wave than any custom resource of theirs (Helm and Flux order CRDs first on their own).
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![GpuAttestation::crd(), ModelAttestation::crd()]
+    let mut crds = vec![GpuAttestation::crd(), ModelAttestation::crd()];
+    for crd in &mut crds {
+        crd.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ARGOCD_SYNC_WAVE.into(), "-1".into());
+    }
+    crds
 }
+
+/// Argo CD's sync-wave annotation.
+pub const ARGOCD_SYNC_WAVE: &str = "argocd.argoproj.io/sync-wave";
 
 /// The file name of a CRD's manifest, controller-gen style: `GROUP_PLURAL.yaml`
 /// (`lotabots.io_gpuattestations.yaml`).
