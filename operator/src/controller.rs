@@ -433,10 +433,328 @@ async fn publish_changes(
             reason: reason.into(),
             note: Some(note),
             action: "Verify".into(),
-            secondary: None,
+            // The node as the related object: it keeps each node's Event apart (the
+            // recorder merges Events with the same reason and related object into one
+            // series) and lets `kubectl events --for node/NAME` find it.
+            secondary: Some(k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Node".into()),
+                name: Some(r.node.clone()),
+                ..Default::default()
+            }),
         };
         if let Err(e) = ctx.recorder.publish(&event, &reference).await {
             tracing::warn!(error = %e, "could not record event");
         }
+    }
+}
+
+/// The controller's edge cases against a scripted API server: which requests it makes,
+/// and what it does when they fail.
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use http::{Request, Response, StatusCode};
+    use kube::client::Body;
+    use kube::runtime::watcher;
+    use lotabots_crds::evidence::NonceOrigin;
+    use lotabots_crds::gpu_attestation::GpuAttestationSpec;
+
+    use super::*;
+    use crate::evidence_api::{AcceptedEvidence, EvidenceSink};
+
+    /// One request the controller made: method, path, body.
+    type Seen = Arc<StdMutex<Vec<(String, String, serde_json::Value)>>>;
+
+    /// Answers every request: `fail(method, path)` may give an error status; otherwise
+    /// the request body is echoed (status patches get the GpuAttestation back).
+    fn api_server(att: &GpuAttestation, fail: fn(&str, &str) -> Option<u16>) -> (Client, Seen) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen: Seen = Arc::default();
+        let log = seen.clone();
+        let att = serde_json::to_value(att).unwrap();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
+                log.lock()
+                    .unwrap()
+                    .push((method.clone(), path.clone(), body.clone()));
+                let response = match fail(&method, &path) {
+                    Some(code) => Response::builder()
+                        .status(code)
+                        .body(Body::from(serde_json::to_vec(&json!({
+                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                            "message": "scripted failure", "reason": "InternalError", "code": code
+                        })).unwrap()))
+                        .unwrap(),
+                    None if path.ends_with("/status") => Response::new(Body::from(serde_json::to_vec(&att).unwrap())),
+                    None => Response::builder()
+                        .status(StatusCode::OK)
+                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+                        .unwrap(),
+                };
+                send.send_response(response);
+            }
+        });
+        (Client::new(service, "default"), seen)
+    }
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Node> {
+        let meta = ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        meta.into_response_partial::<Node>()
+    }
+
+    fn attestation(selector: Option<serde_json::Value>) -> GpuAttestation {
+        let spec = GpuAttestationSpec {
+            node_selector: selector.map(|s| serde_json::from_value(s).unwrap()),
+            ..Default::default()
+        };
+        let mut att = GpuAttestation::new("fleet", spec);
+        att.metadata.generation = Some(1);
+        att.metadata.creation_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Timestamp::now()),
+        );
+        att
+    }
+
+    fn context(client: Client, nodes: Vec<PartialObjectMeta<Node>>, attested: &[&str]) -> Context {
+        let (store, mut writer) = reflector::store();
+        for n in nodes {
+            writer.apply_watcher_event(&watcher::Event::Apply(n));
+        }
+        let evidence = Arc::new(LatestEvidence::default());
+        let backend = lotabots_agent_free_evidence();
+        for node in attested {
+            let mut e = backend.clone();
+            e.node_name = (*node).into();
+            evidence.accept(AcceptedEvidence {
+                node: (*node).into(),
+                digest: "sha256:00".into(),
+                received_at: e.collected_at,
+                evidence: e,
+            });
+        }
+        Context {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "test".into(),
+                    instance: None,
+                },
+            ),
+            client,
+            nodes: store,
+            evidence,
+            settings: Settings {
+                grace: Duration::from_secs(60),
+                allow_simulated: true,
+                resync: Duration::from_secs(60),
+                debounce: Duration::ZERO,
+            },
+            metrics: ControllerMetrics::register(&prometheus::Registry::new()).unwrap(),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Minimal evidence of one GPU with no policy-relevant facts: the empty policy
+    /// attests it.
+    fn lotabots_agent_free_evidence() -> lotabots_crds::evidence::NodeEvidence {
+        serde_json::from_value(json!({
+            "schemaVersion": lotabots_crds::evidence::SCHEMA_VERSION,
+            "nonce": "00".repeat(32),
+            "nonceOrigin": NonceOrigin::Verifier,
+            "collectedAt": Timestamp::now(),
+            "collectionMicros": 1,
+            "backend": {"kind": "simulated", "profile": "test"},
+            "host": {
+                "driverVersion": {"value": "550.54.15"},
+                "cudaDriverVersion": {"value": "12.4"},
+                "nvmlVersion": {"value": "12.550.54.15"},
+                "confidentialComputing": {"value": {"enabled": false, "devToolsMode": false}}
+            },
+            "gpus": []
+        }))
+        .unwrap()
+    }
+
+    fn requests(seen: &Seen, method: &str, path_part: &str) -> Vec<serde_json::Value> {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == method && p.contains(path_part))
+            .map(|(_, _, b)| b.clone())
+            .collect()
+    }
+
+    const PRESENT: (&str, &str) = ("nvidia.com/gpu.present", "true");
+
+    #[tokio::test]
+    async fn labels_are_written_only_where_they_change_and_cleared_where_no_longer_selected() {
+        let att = attestation(None);
+        let (client, seen) = api_server(&att, |_, _| None);
+        let ctx = context(
+            client,
+            vec![
+                node("fresh", &[PRESENT]),
+                node(
+                    "labelled",
+                    &[
+                        PRESENT,
+                        (labels::GPU_ATTESTED, "false"),
+                        (labels::GPU_ATTESTATION, "fleet"),
+                    ],
+                ),
+                node(
+                    "gone-cpu",
+                    &[
+                        (labels::GPU_ATTESTED, "true"),
+                        (labels::GPU_ATTESTATION, "fleet"),
+                    ],
+                ),
+                node("other", &[]),
+            ],
+            &["fresh", "labelled"],
+        );
+        apply(&att, &ctx).await.unwrap();
+        // An empty node list fails ("the node reports no GPU"): both selected nodes fail.
+        let fresh = requests(&seen, "PATCH", "/nodes/fresh");
+        assert_eq!(fresh.len(), 1, "{seen:?}");
+        assert_eq!(
+            fresh[0]["metadata"]["labels"][labels::GPU_ATTESTED],
+            "false"
+        );
+        assert!(
+            requests(&seen, "PATCH", "/nodes/labelled").is_empty(),
+            "an unchanged label is not rewritten"
+        );
+        let cleared = requests(&seen, "PATCH", "/nodes/gone-cpu");
+        assert_eq!(cleared.len(), 1);
+        assert!(
+            cleared[0]["metadata"].get("labels").is_none(),
+            "clearing applies no labels: {}",
+            cleared[0]
+        );
+        assert!(requests(&seen, "PATCH", "/nodes/other").is_empty());
+        let status = requests(&seen, "PATCH", "/gpuattestations/fleet/status");
+        assert_eq!(status.len(), 1);
+        assert_eq!(status[0]["status"]["matchedNodes"], 2);
+        assert_eq!(status[0]["status"]["failedNodes"], 2);
+        // The recorder posts the first and patches the series of a repeated one.
+        let events =
+            requests(&seen, "POST", "/events").len() + requests(&seen, "PATCH", "/events").len();
+        assert_eq!(events, 2, "one event per verdict change");
+    }
+
+    #[tokio::test]
+    async fn a_failed_status_write_is_an_error_that_backs_off_exponentially() {
+        let att = attestation(None);
+        let (client, _) = api_server(&att, |m, p| {
+            (m == "PATCH" && p.ends_with("/status")).then_some(500)
+        });
+        let ctx = Arc::new(context(client, vec![node("n", &[PRESENT])], &[]));
+        let err = apply(&att, &ctx).await.unwrap_err();
+        assert_eq!(err.category(), "api_status");
+        let delays: Vec<Duration> = (0..12)
+            .map(|_| error_policy(Arc::new(att.clone()), &err, ctx.clone()))
+            .map(|a| format!("{a:?}"))
+            .map(|s| {
+                let secs: String = s.chars().filter(|c| c.is_ascii_digit()).collect();
+                Duration::from_secs(secs.parse().unwrap())
+            })
+            .collect();
+        assert_eq!(&delays[..4], &[2, 4, 8, 16].map(Duration::from_secs));
+        assert_eq!(
+            delays[11],
+            Duration::from_secs(300),
+            "capped at 5 minutes: {delays:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_node_deleted_while_its_labels_are_cleared_is_not_an_error() {
+        let att = attestation(None);
+        let (client, seen) = api_server(&att, |m, p| {
+            (m == "PATCH" && p.ends_with("/nodes/vanished")).then_some(404)
+        });
+        let ctx = context(
+            client,
+            vec![node("vanished", &[(labels::GPU_ATTESTATION, "fleet")])],
+            &[],
+        );
+        apply(&att, &ctx).await.unwrap();
+        assert_eq!(requests(&seen, "PATCH", "/nodes/vanished").len(), 1);
+        assert_eq!(requests(&seen, "PATCH", "/status").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_selector_stalls_and_touches_no_node() {
+        let att = attestation(Some(
+            json!({"matchExpressions": [{"key": "k", "operator": "Sideways", "values": ["v"]}]}),
+        ));
+        let (client, seen) = api_server(&att, |_, _| None);
+        let ctx = context(client, vec![node("n", &[("k", "v"), PRESENT])], &["n"]);
+        assert!(matches!(apply(&att, &ctx).await, Ok(a) if a == Action::await_change()));
+        assert!(requests(&seen, "PATCH", "/nodes/").is_empty(), "{seen:?}");
+        let status = requests(&seen, "PATCH", "/status");
+        let stalled = status[0]["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Stalled")
+            .cloned()
+            .unwrap();
+        assert_eq!(
+            (stalled["status"].as_str(), stalled["reason"].as_str()),
+            (Some("True"), Some("InvalidSpec"))
+        );
+        assert!(
+            stalled["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.nodeSelector"),
+            "{stalled}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_the_attestation_clears_exactly_its_labels() {
+        let att = attestation(None);
+        let (client, seen) = api_server(&att, |_, _| None);
+        let ctx = context(
+            client,
+            vec![
+                node(
+                    "ours",
+                    &[
+                        (labels::GPU_ATTESTATION, "fleet"),
+                        (labels::GPU_ATTESTED, "true"),
+                    ],
+                ),
+                node(
+                    "theirs",
+                    &[
+                        (labels::GPU_ATTESTATION, "other"),
+                        (labels::GPU_ATTESTED, "true"),
+                    ],
+                ),
+            ],
+            &[],
+        );
+        cleanup(&att, &ctx).await.unwrap();
+        assert_eq!(requests(&seen, "PATCH", "/nodes/ours").len(), 1);
+        assert!(requests(&seen, "PATCH", "/nodes/theirs").is_empty());
     }
 }
