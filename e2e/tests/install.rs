@@ -365,10 +365,11 @@ async fn permissions(ctx: &Ctx, sa: &str) -> Result<BTreeSet<Permission>> {
         } else {
             tokens[0].to_owned()
         };
+        // Resource names are a bracketed, space-separated list like the verbs.
         let names = if line.starts_with(char::is_whitespace) {
             String::new()
         } else {
-            tokens.get(2).copied().unwrap_or_default().to_owned()
+            tokens.get(2..from).map(|t| t.join(" ")).unwrap_or_default()
         };
         perms.insert((resource, names, verbs));
     }
@@ -389,9 +390,14 @@ async fn granted(
 }
 
 fn perm(resource: &str, verbs: &[&str]) -> Permission {
+    perm_named(resource, "[]", verbs)
+}
+
+/// A permission on the named objects only (`names` as kubectl prints them: `[a b]`).
+fn perm_named(resource: &str, names: &str, verbs: &[&str]) -> Permission {
     let mut v: Vec<String> = verbs.iter().map(|s| s.to_string()).collect();
     v.sort();
-    (resource.into(), "[]".into(), v)
+    (resource.into(), names.into(), v)
 }
 
 /// `kubectl auth can-i VERB RESOURCE ARGS` as `sa`: true for yes.
@@ -445,6 +451,19 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         perm("events.events.k8s.io", &["create", "patch"]),
         perm("tokenreviews.authentication.k8s.io", &["create"]),
         perm("leases.coordination.k8s.io", &["get", "create", "update"]),
+        // The certificates it issues (README, "Certificates").
+        // (kubectl lists a rule's resource names one per line)
+        perm_named("secrets", "[lotabots-ca]", &["get", "patch"]),
+        perm_named("secrets", "[lotabots-operator-tls]", &["get", "patch"]),
+        perm_named("secrets", "[lotabots-webhook-tls]", &["get", "patch"]),
+        perm_named("configmaps", "[lotabots-operator-ca]", &["get", "patch"]),
+        perm("secrets", &["create"]),
+        perm("configmaps", &["create"]),
+        perm_named(
+            "validatingwebhookconfigurations.admissionregistration.k8s.io",
+            "[lotabots-webhook]",
+            &["get", "update"],
+        ),
     ]
     .into();
     ensure!(
@@ -631,6 +650,34 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
             false,
         ),
         ("lotabots-operator", "get", "secrets", &here, false),
+        (
+            "lotabots-operator",
+            "get",
+            "secrets/lotabots-ca",
+            &here,
+            true,
+        ),
+        (
+            "lotabots-operator",
+            "get",
+            "secrets/some-app-password",
+            &here,
+            false,
+        ),
+        (
+            "lotabots-operator",
+            "update",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/lotabots-webhook",
+            &[],
+            true,
+        ),
+        (
+            "lotabots-operator",
+            "update",
+            "validatingwebhookconfigurations.admissionregistration.k8s.io/someone-elses",
+            &[],
+            false,
+        ),
         ("lotabots-operator", "list", "secrets", &all, false),
         (
             "lotabots-operator",

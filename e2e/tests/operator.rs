@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -24,6 +25,7 @@ use lotabots_e2e::{ControlPlane, SimNode, scenario, suite::Ctx, wait};
 use lotabots_operator::leader::{self, LeaseConfig};
 use serde_json::json;
 use tempfile::TempDir;
+use tokio::task::JoinHandle;
 
 fn main() -> ExitCode {
     lotabots_e2e::suite::main(
@@ -37,6 +39,8 @@ fn main() -> ExitCode {
             scenario!(agents_attest_selected_nodes_and_the_operator_labels_them),
             scenario!(one_replica_leads_and_another_takes_over_when_it_stops),
             scenario!(run_leads_then_serves_probes_metrics_and_the_evidence_api),
+            scenario!(the_operator_issues_rotates_and_injects_its_certificates),
+            scenario!(run_with_managed_certificates_serves_a_certificate_from_its_own_ca),
         ],
     )
 }
@@ -348,59 +352,64 @@ async fn one_replica_leads_and_another_takes_over_when_it_stops(ctx: Ctx) -> Res
     Ok(())
 }
 
-/// `lotabots-operator run` as its command wires it (TLS from files, probes, leader
-/// election, evidence API with TokenReview, controller), with the harness's client: not
-/// ready until it leads, then ready; a forged token is refused by the API server's review
-/// and counted; it stops cleanly when asked.
-async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> Result<()> {
-    use lotabots_operator::controller::Settings;
-    use lotabots_operator::run::{RunConfig, run_with};
-
-    let ns = ctx.namespace().await?;
-    let dir = TempDir::new()?;
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
-    let (tls_cert, tls_key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&tls_cert, cert.cert.pem())?;
-    std::fs::write(&tls_key, cert.signing_key.serialize_pem())?;
-    let ports = lotabots_e2e::ports::free_ports(2)?;
-    let cfg = RunConfig {
+/// A `run` configuration for a scenario's namespace, on free 127.0.0.1 ports.
+fn run_config(
+    ns: &str,
+    ports: &[u16],
+    manage_certificates: bool,
+    dir: &std::path::Path,
+) -> lotabots_operator::run::RunConfig {
+    lotabots_operator::run::RunConfig {
         listen: ([127, 0, 0, 1], ports[0]).into(),
-        tls_cert,
-        tls_key,
+        manage_certificates,
+        tls_cert: dir.join("tls.crt"),
+        tls_key: dir.join("tls.key"),
         probe_addr: ([127, 0, 0, 1], ports[1]).into(),
         agents: vec![format!("{ns}/agent")],
         nonce_ttl: Duration::from_secs(60),
-        settings: Settings {
+        settings: lotabots_operator::controller::Settings {
             grace: Duration::from_secs(60),
             allow_simulated: true,
             resync: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
         },
         lease: LeaseConfig {
-            namespace: ns.clone(),
+            namespace: ns.into(),
             name: "lotabots-operator".into(),
             identity: "run-0".into(),
             duration: Duration::from_secs(3),
             retry: Duration::from_secs(1),
         },
-    };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let operator = tokio::spawn(run_with(ctx.client(), cfg, async move {
-        let _ = stopped.await;
-    }));
+    }
+}
 
+/// A running `run`: its task, how to stop it, its probe URL.
+struct Running {
+    task: JoinHandle<anyhow::Result<()>>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    probe: String,
+}
+
+/// Starts `run` with the harness's client and waits until it leads and is ready.
+async fn start_run(ctx: &Ctx, cfg: lotabots_operator::run::RunConfig) -> Result<Running> {
+    let probe = format!("http://{}", cfg.probe_addr);
+    let ns = cfg.lease.namespace.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(lotabots_operator::run::run_with(
+        ctx.client(),
+        cfg,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
-    let probe = format!("http://127.0.0.1:{}", ports[1]);
     wait::until(
         "run to lead and report ready",
         Duration::from_secs(30),
         || {
             let (http, url) = (http.clone(), format!("{probe}/readyz"));
             async move {
-                Ok(match http.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => Some(()),
-                    _ => None,
-                })
+                Ok(matches!(http.get(&url).send().await, Ok(r) if r.status() == 200).then_some(()))
             }
         },
     )
@@ -414,6 +423,39 @@ async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> 
         holder.as_deref() == Some("run-0"),
         "Lease holder {holder:?}"
     );
+    Ok(Running { task, stop, probe })
+}
+
+impl Running {
+    /// The probe server's metrics.
+    async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.probe))
+            .await?
+            .text()
+            .await?)
+    }
+
+    /// Asks it to stop and waits for a clean exit.
+    async fn stop(self) -> Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .context("run did not stop when asked")???;
+        Ok(())
+    }
+}
+
+/// `lotabots-operator run` as its command wires it, with certificate files (the
+/// cert-manager way): not ready until it leads; a forged token is refused by the API
+/// server's review and counted; it stops cleanly when asked.
+async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> Result<()> {
+    let ns = ctx.namespace().await?;
+    let dir = TempDir::new()?;
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
+    std::fs::write(dir.path().join("tls.crt"), cert.cert.pem())?;
+    std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem())?;
+    let ports = lotabots_e2e::ports::free_ports(2)?;
+    let running = start_run(&ctx, run_config(&ns, &ports, false, dir.path())).await?;
 
     // A token the API server does not know: refused by its TokenReview, and counted.
     let token = dir.path().join("token");
@@ -429,20 +471,172 @@ async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> 
         }) if code == "token_rejected" => {}
         other => bail!("a forged token was not refused: {other:?}"),
     }
-    let metrics = http
-        .get(format!("{probe}/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let metrics = running.metrics().await?;
     ensure!(
         metrics.contains("lotabots_challenges_total{outcome=\"token_rejected\"} 1"),
         "the refusal is not counted:\n{metrics}"
     );
+    running.stop().await
+}
 
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(20), operator)
-        .await
-        .context("run did not stop when asked")???;
+/// `run --manage-certificates`: before serving it issues its CA and certificates; the
+/// evidence API then presents a certificate for `lotabots-operator.NAMESPACE.svc` that
+/// verifies against the CA it published in the ConfigMap for the agents.
+async fn run_with_managed_certificates_serves_a_certificate_from_its_own_ca(
+    ctx: Ctx,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let ns = ctx.namespace().await?;
+    let dir = TempDir::new()?;
+    let ports = lotabots_e2e::ports::free_ports(2)?;
+    let running = start_run(&ctx, run_config(&ns, &ports, true, dir.path())).await?;
+    let ca = Api::<ConfigMap>::namespaced(ctx.client(), &ns)
+        .get("lotabots-operator-ca")
+        .await?
+        .data
+        .and_then(|d| d.get("ca.crt").cloned())
+        .context("no ca.crt published")?;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    // The Service's name, resolved to the local listener: the certificate must name it.
+    let host = format!("lotabots-operator.{ns}.svc");
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve(&host, ([127, 0, 0, 1], ports[0]).into())
+        .build()?;
+    let resp = http
+        .post(format!("https://{host}:{}/v1/challenges", ports[0]))
+        .bearer_auth("not-a-token")
+        .send()
+        .await?;
+    ensure!(resp.status() == 401, "status {}", resp.status());
+    let body: serde_json::Value = resp.json().await?;
+    ensure!(body["error"] == "token_rejected", "{body}");
+    running.stop().await
+}
+
+/// The operator's own PKI on a real API server: the first round creates the CA, both
+/// serving certificates, the CA ConfigMap and the webhook `caBundle`; a second round at the
+/// same time changes nothing; 61 days later (of 90) both certificates are renewed under the
+/// same CA; a CA replaced behind its back makes it reissue and re-inject.
+async fn the_operator_issues_rotates_and_injects_its_certificates(ctx: Ctx) -> Result<()> {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use lotabots_operator::certs::{PkiConfig, reconcile};
+
+    let client = ctx.client();
+    let ns = ctx.namespace().await?;
+    // The production configuration under another name, sent nothing (no namespace
+    // carries the label), so the other scenarios' pods are unaffected.
+    let path =
+        lotabots_e2e::repo_root().join("config/webhook/validating-webhook-configuration.yaml");
+    let mut hooks: ValidatingWebhookConfiguration =
+        serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
+    let hooks_name = ctx.name("hooks");
+    hooks.metadata.name = Some(hooks_name.clone());
+    for h in hooks.webhooks.iter_mut().flatten() {
+        h.namespace_selector = Some(serde_json::from_value(
+            json!({"matchLabels": {"lotabots-e2e/never": "true"}}),
+        )?);
+    }
+    let configs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    configs.create(&PostParams::default(), &hooks).await?;
+
+    let cfg = PkiConfig {
+        webhook_configuration: Some(hooks_name.clone()),
+        ..PkiConfig::defaults(&ns)
+    };
+    let t0 = jiff::Timestamp::now();
+    let first = reconcile(&client, &cfg, t0).await?;
+    ensure!(first.len() == 5, "first round: {first:?}");
+    ensure!(
+        reconcile(&client, &cfg, t0).await?.is_empty(),
+        "a second round at the same time changed something"
+    );
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
+    let pem = |s: &Secret, k: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(k))
+            .map(|b| b.0.clone())
+            .unwrap_or_default()
+    };
+    let ca = pem(&secrets.get("lotabots-ca").await?, "tls.crt");
+    let published = Api::<ConfigMap>::namespaced(client.clone(), &ns)
+        .get("lotabots-operator-ca")
+        .await?;
+    ensure!(
+        published
+            .data
+            .as_ref()
+            .and_then(|d| d.get("ca.crt"))
+            .map(String::as_bytes)
+            == Some(&ca[..]),
+        "the ConfigMap does not publish the CA"
+    );
+    let injected = |c: &ValidatingWebhookConfiguration| {
+        c.webhooks
+            .iter()
+            .flatten()
+            .all(|h| h.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&ca))
+    };
+    ensure!(
+        injected(&configs.get(&hooks_name).await?),
+        "caBundle not injected"
+    );
+    let webhook_cert = pem(&secrets.get("lotabots-webhook-tls").await?, "tls.crt");
+
+    let later = t0 + jiff::SignedDuration::from_hours(61 * 24);
+    let renewed = reconcile(&client, &cfg, later).await?;
+    ensure!(
+        renewed.len() == 2 && renewed.iter().all(|r| r.contains("less than a third")),
+        "61 days later: {renewed:?}"
+    );
+    ensure!(
+        pem(&secrets.get("lotabots-ca").await?, "tls.crt") == ca,
+        "the CA changed on a leaf renewal"
+    );
+    ensure!(
+        pem(&secrets.get("lotabots-webhook-tls").await?, "tls.crt") != webhook_cert,
+        "the webhook certificate was not renewed"
+    );
+
+    // Someone replaces the CA: every certificate is reissued under it and re-injected.
+    secrets.delete("lotabots-ca", &Default::default()).await?;
+    let replaced = reconcile(&client, &cfg, later).await?;
+    ensure!(
+        replaced.iter().any(|r| r.contains("new CA"))
+            && replaced
+                .iter()
+                .filter(|r| r.contains("new certificate"))
+                .count()
+                == 2
+            && replaced.iter().any(|r| r.contains("caBundle injected")),
+        "after the CA was deleted: {replaced:?}"
+    );
+    let new_ca = pem(&secrets.get("lotabots-ca").await?, "tls.crt");
+    ensure!(new_ca != ca, "the CA was not replaced");
+    let current = configs.get(&hooks_name).await?;
+    ensure!(
+        current
+            .webhooks
+            .iter()
+            .flatten()
+            .all(|h| h.client_config.ca_bundle.as_ref().map(|b| &b.0) == Some(&new_ca)),
+        "caBundle not re-injected"
+    );
+    configs.delete(&hooks_name, &Default::default()).await?;
+    eprintln!("operator: PKI first round {first:?}; 61 days later {renewed:?}");
     Ok(())
 }

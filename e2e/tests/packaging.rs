@@ -201,6 +201,7 @@ fn helm_template_and_kustomize_render_the_same_objects() {
         [
             "ClusterRole /lotabots-agent",
             "ClusterRole /lotabots-operator",
+            "Role lotabots-system/lotabots-operator-certificates",
             "Role lotabots-system/lotabots-operator-leader-election",
         ],
         "one role per component that needs one; none for the webhook"
@@ -240,10 +241,17 @@ fn helm_template_and_kustomize_render_the_same_objects() {
 
 #[test]
 fn the_chart_installs_into_another_namespace_consistently() {
-    let out = packaging::helm_template(&["--namespace", "gpu-system"])
-        .expect("helm runs")
-        .ok()
-        .expect("helm template");
+    let out = packaging::helm_template(&[
+        "--namespace",
+        "gpu-system",
+        "--set",
+        "operator.manageCertificates=false",
+        "--set",
+        "webhook.certManagerCertificate=lotabots-webhook",
+    ])
+    .expect("helm runs")
+    .ok()
+    .expect("helm template");
     // The namespace appears in object metadata, binding subjects, the operator's agent
     // ServiceAccounts, the agent's operator URL, the webhook's namespaceSelector and
     // cert-manager annotation, and the policy's exemptions: all follow the release.

@@ -76,6 +76,12 @@ struct RunFlags {
     /// Evidence API address (HTTPS).
     #[arg(long, env = "LOTABOTS_LISTEN", default_value = "0.0.0.0:8443")]
     listen: SocketAddr,
+    /// Issue and rotate the serving certificates of the evidence API and the webhook with
+    /// the operator's own CA (Secret lotabots-ca), publish the CA in the ConfigMap
+    /// lotabots-operator-ca and inject it into the webhook configuration. Without it,
+    /// --tls-cert/--tls-key are read (e.g. from cert-manager).
+    #[arg(long, env = "LOTABOTS_MANAGE_CERTIFICATES")]
+    manage_certificates: bool,
     /// PEM certificate (chain) of the evidence API.
     #[arg(
         long,
@@ -143,6 +149,7 @@ impl RunFlags {
         let lease = Duration::from_secs(self.lease_seconds.max(3));
         Ok(RunConfig {
             listen: self.listen,
+            manage_certificates: self.manage_certificates,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             probe_addr: self.probe_addr,

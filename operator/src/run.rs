@@ -5,8 +5,10 @@
 //! runs the controller. Losing the Lease, or any of these tasks ending, ends the process
 //! with an error so that the pod restarts cleanly; SIGTERM/Ctrl-C end it gracefully.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -18,12 +20,15 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
+use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::auth::TokenReviewAuthenticator;
+use crate::certs::{self, PkiConfig};
 use crate::controller::{self, Settings};
 use crate::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
 use crate::leader::{self, LeaseConfig};
@@ -34,6 +39,9 @@ use crate::metrics::ControllerMetrics;
 pub struct RunConfig {
     /// Evidence API address (HTTPS).
     pub listen: SocketAddr,
+    /// Issue and rotate the serving certificates (evidence API, webhook) with the
+    /// operator's own CA instead of reading `tls_cert`/`tls_key` (e.g. from cert-manager).
+    pub manage_certificates: bool,
     /// PEM certificate chain of the evidence API.
     pub tls_cert: PathBuf,
     /// PEM private key of the evidence API.
@@ -87,15 +95,30 @@ pub async fn run_with(
     }
     leading.store(true, Ordering::SeqCst);
 
-    let tls = RustlsConfig::from_pem_file(&cfg.tls_cert, &cfg.tls_key)
-        .await
-        .with_context(|| {
-            format!(
-                "loading the TLS certificate {} and key {}",
-                cfg.tls_cert.display(),
-                cfg.tls_key.display()
-            )
-        })?;
+    let (tls, keep_tls_current): (RustlsConfig, Pin<Box<dyn Future<Output = ()> + Send>>) =
+        if cfg.manage_certificates {
+            let pki = PkiConfig::defaults(&cfg.lease.namespace);
+            for change in certs::reconcile(&client, &pki, Timestamp::now())
+                .await
+                .context("issuing the serving certificates")?
+            {
+                tracing::info!(%change, "certificates");
+            }
+            let tls = own_certificate(&client, &pki).await?;
+            (tls.clone(), Box::pin(rotate(client.clone(), pki, tls)))
+        } else {
+            let tls = RustlsConfig::from_pem_file(&cfg.tls_cert, &cfg.tls_key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading the TLS certificate {} and key {}",
+                        cfg.tls_cert.display(),
+                        cfg.tls_key.display()
+                    )
+                })?;
+            let reload = reload_tls(tls.clone(), cfg.tls_cert.clone(), cfg.tls_key.clone());
+            (tls, Box::pin(reload))
+        };
     let evidence = Arc::new(LatestEvidence::default());
     let auth = Arc::new(TokenReviewAuthenticator::new(
         client.clone(),
@@ -135,7 +158,7 @@ pub async fn run_with(
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
         lost = leader::hold(&leases, &cfg.lease) => Err(anyhow::anyhow!("leadership lost: {lost}")),
         r = probe_server => Err(anyhow::anyhow!("the probe server stopped: {r:?}")),
-        () = reload_tls(tls, cfg.tls_cert.clone(), cfg.tls_key.clone()) => Err(anyhow::anyhow!("TLS reloading stopped")),
+        () = keep_tls_current => Err(anyhow::anyhow!("TLS certificate upkeep stopped")),
         () = &mut shutdown => Ok(()),
     };
     leading.store(false, Ordering::SeqCst);
@@ -173,6 +196,55 @@ fn probe_routes(registry: Registry, leading: Arc<AtomicBool>) -> Router {
 
 /// Reloads the certificate and key when either file changes (cert-manager rotates them
 /// in place), keeping the old pair when the new one does not load.
+/// The evidence API's certificate as the operator issued it (the first serving
+/// certificate of `pki`).
+async fn own_certificate(client: &Client, pki: &PkiConfig) -> anyhow::Result<RustlsConfig> {
+    let name = &pki
+        .serving
+        .first()
+        .context("no serving certificate configured")?
+        .secret;
+    let secret = Api::<Secret>::namespaced(client.clone(), &pki.namespace)
+        .get(name)
+        .await
+        .with_context(|| format!("reading the Secret {name}"))?;
+    let data = secret.data.unwrap_or_default();
+    let field = |k: &str| {
+        data.get(k)
+            .map(|b| b.0.clone())
+            .with_context(|| format!("Secret {name} has no {k}"))
+    };
+    RustlsConfig::from_pem(field(certs::CERT_KEY)?, field(certs::KEY_KEY)?)
+        .await
+        .with_context(|| format!("loading the certificate of Secret {name}"))
+}
+
+/// Renews the certificates when due (checked hourly; a failed round is retried in a
+/// minute) and serves the evidence API's new certificate from the next connection on.
+async fn rotate(client: Client, pki: PkiConfig, tls: RustlsConfig) {
+    loop {
+        let wait = match certs::reconcile(&client, &pki, Timestamp::now()).await {
+            Ok(changes) => {
+                for change in &changes {
+                    tracing::info!(%change, "certificates");
+                }
+                if !changes.is_empty() {
+                    match own_certificate(&client, &pki).await {
+                        Ok(new) => tls.reload_from_config(new.get_inner()),
+                        Err(e) => tracing::warn!(error = %e, "keeping the previous certificate"),
+                    }
+                }
+                Duration::from_secs(3600)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "certificate round failed; retrying in a minute");
+                Duration::from_secs(60)
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
 async fn reload_tls(tls: RustlsConfig, cert: PathBuf, key: PathBuf) {
     let mtime = |p: &PathBuf| {
         std::fs::metadata(p)
