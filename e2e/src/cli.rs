@@ -3,8 +3,9 @@
 //! kubeconfig to explore it with, until Ctrl-C.
 //!
 //! The operator, the admission webhook and one simulated agent per GPU node run in this
-//! process (see [`crate::stack`]); components still to come (stores) will be started in [`up`]
-//! after the control plane, through [`ControlPlane::spawn`], so Ctrl-C stops them first.
+//! process (see [`crate::stack`]); with `--stores`, PostgreSQL, SeaweedFS and
+//! fake-gcs-server ([`crate::stores`]) are started after the control plane under the same
+//! supervisor, so Ctrl-C stops them first.
 
 use std::{future::pending, process::ExitCode};
 
@@ -50,6 +51,10 @@ struct UpArgs {
     /// Do not apply config/samples.
     #[arg(long, env = "LOTABOTS_E2E_NO_SAMPLES")]
     no_samples: bool,
+    /// Also start PostgreSQL 15, SeaweedFS (S3) and fake-gcs-server on 127.0.0.1 and print
+    /// how to reach them (installed by e2e/setup-stores.sh on first use).
+    #[arg(long, env = "LOTABOTS_E2E_STORES")]
+    stores: bool,
 }
 
 impl Args {
@@ -88,11 +93,13 @@ fn fleet(h100_nodes: usize) -> Vec<SimNode> {
 async fn up(args: UpArgs) -> Result<()> {
     // Ctrl-C is how `up` is meant to end: tear down, then exit 0.
     signals::install(0);
-    let plane = ControlPlane::builder()
+    let mut builder = ControlPlane::builder()
         .with_crds()
-        .nodes(fleet(args.h100_nodes))
-        .start()
-        .await?;
+        .nodes(fleet(args.h100_nodes));
+    if args.stores {
+        builder = builder.with_stores();
+    }
+    let plane = builder.start().await?;
     eprintln!("lotabots-e2e: control plane {}", plane.timings());
     let client = plane.client();
     eprintln!("lotabots-e2e: starting the operator (evidence API and controller)");
@@ -194,6 +201,26 @@ async fn up(args: UpArgs) -> Result<()> {
     println!("try:           export KUBECONFIG={kubeconfig}");
     println!("               {} get gpuatt,nodes", kubectl.display());
     println!("or:            kubectl --kubeconfig {kubeconfig} get gpuatt,modelatt -A");
+    if let Ok(s) = plane.stores() {
+        println!("PostgreSQL:    {}", s.postgres.url());
+        println!(
+            "               {} '{}'",
+            s.postgres.psql_path().display(),
+            s.postgres.url()
+        );
+        println!(
+            "S3 (SigV4):    {}  access key {}  secret key {}  region {}  (path style)",
+            s.s3.endpoint(),
+            s.s3.access_key(),
+            s.s3.secret_key(),
+            s.s3.region()
+        );
+        println!(
+            "GCS (no auth): {}  (STORAGE_EMULATOR_HOST={})",
+            s.gcs.endpoint(),
+            s.gcs.endpoint()
+        );
+    }
     println!("Press Ctrl-C to stop and remove everything.");
     // The signal handler tears down and exits; until then the environment stays up.
     // `plane` must live until then: dropping it would stop everything.

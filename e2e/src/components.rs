@@ -175,12 +175,12 @@ pub fn kwok_args(kubeconfig: &Path, stages: &Path) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::IpAddr;
 
     /// Every IP in an argument (bare, in a URL, `IP:port` or a CIDR) is loopback.
-    fn assert_loopback_only(args: &[String]) {
+    pub(crate) fn assert_loopback_only(args: &[String]) {
         for arg in args {
             let value = arg.split_once('=').map_or(arg.as_str(), |(_, v)| v);
             for part in value.split([',', '=']) {

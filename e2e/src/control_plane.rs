@@ -3,9 +3,11 @@
 //! process of the pinned binaries, with its own PKI and a run directory for data, logs
 //! and kubeconfigs.
 //!
-//! [`ControlPlaneBuilder`] chooses the components; the operator, webhook and stores of
-//! later issues are started through [`ControlPlane::spawn`] after it is up, so they are
-//! stopped first and their logs sit beside the others.
+//! [`ControlPlaneBuilder`] chooses the components and, with
+//! [`ControlPlaneBuilder::with_stores`], PostgreSQL, SeaweedFS (S3) and fake-gcs-server
+//! ([`crate::stores`]); the operator and webhook of later issues are started through
+//! [`ControlPlane::spawn`] after it is up, so they are stopped first and their logs sit
+//! beside the others.
 
 use std::{
     fmt,
@@ -32,6 +34,7 @@ use crate::{
     ports::{self, LOOPBACK},
     process::{self, DEFAULT_GRACE, Process},
     resources,
+    stores::{self, StoreBins, StoreTimings, Stores},
     supervisor::{self, Shared, Supervisor},
     testbins::TestBins,
     wait,
@@ -57,6 +60,7 @@ pub struct ControlPlaneBuilder {
     scheduler: bool,
     kwok: bool,
     crds: bool,
+    stores: bool,
     nodes: Vec<SimNode>,
     grace: Duration,
     progress: Progress,
@@ -69,6 +73,7 @@ impl fmt::Debug for ControlPlaneBuilder {
             .field("scheduler", &self.scheduler)
             .field("kwok", &self.kwok)
             .field("crds", &self.crds)
+            .field("stores", &self.stores)
             .field("nodes", &self.nodes)
             .finish_non_exhaustive()
     }
@@ -82,6 +87,7 @@ impl Default for ControlPlaneBuilder {
             scheduler: true,
             kwok: true,
             crds: false,
+            stores: false,
             nodes: Vec::new(),
             grace: DEFAULT_GRACE,
             progress: Arc::new(|m: &str| eprintln!("lotabots-e2e: {m}")),
@@ -117,6 +123,15 @@ impl ControlPlaneBuilder {
         self
     }
 
+    /// Also starts the stores of the evidence store — PostgreSQL 15, SeaweedFS's S3
+    /// gateway and fake-gcs-server, on 127.0.0.1 with their data in the run directory
+    /// ([`crate::stores`]) — after the Kubernetes components, so they are stopped first;
+    /// [`ControlPlane::stores`] tells how to reach them.
+    pub fn with_stores(mut self) -> Self {
+        self.stores = true;
+        self
+    }
+
     /// Simulated nodes kwok keeps Ready; start-up waits for them.
     pub fn nodes(mut self, nodes: Vec<SimNode>) -> Self {
         self.nodes = nodes;
@@ -147,6 +162,18 @@ impl ControlPlaneBuilder {
             bins.dir().display(),
             bins.took.as_secs_f64()
         ));
+        let store_bins = if self.stores {
+            say("locating the stores (e2e/setup-stores.sh)");
+            let b = tokio::task::spawn_blocking(StoreBins::locate).await??;
+            say(&format!(
+                "stores in {} ({:.1} s)",
+                b.dir().display(),
+                b.took.as_secs_f64()
+            ));
+            Some(b)
+        } else {
+            None
+        };
         let run_dir = tempfile::Builder::new()
             .prefix("lotabots-e2e-")
             .tempdir()
@@ -154,8 +181,11 @@ impl ControlPlaneBuilder {
             .keep();
         let keep = Arc::new(AtomicBool::new(std::env::var_os(KEEP_ENV).is_some()));
         let sup = Supervisor::start(self.grace, run_dir.clone(), keep.clone())?;
-        match self.start_in(&bins, &run_dir, &sup).await {
-            Ok((client, kubeconfig, api, timings)) => Ok(ControlPlane {
+        match self
+            .start_in(&bins, store_bins.as_ref(), &run_dir, &sup)
+            .await
+        {
+            Ok((client, kubeconfig, api, stores, timings)) => Ok(ControlPlane {
                 bins,
                 run_dir,
                 keep,
@@ -165,6 +195,7 @@ impl ControlPlaneBuilder {
                 api_url: api.url(),
                 issuer: api.issuer(),
                 nodes: self.nodes,
+                stores,
                 timings,
             }),
             Err(e) => {
@@ -182,9 +213,16 @@ impl ControlPlaneBuilder {
     async fn start_in(
         &self,
         bins: &TestBins,
+        store_bins: Option<&StoreBins>,
         run: &Path,
         sup: &Shared,
-    ) -> Result<(kube::Client, PathBuf, ApiServer, StartTimings)> {
+    ) -> Result<(
+        kube::Client,
+        PathBuf,
+        ApiServer,
+        Option<Stores>,
+        StartTimings,
+    )> {
         let say = &self.progress;
         let began = Instant::now();
         let mut t = StartTimings::default();
@@ -357,9 +395,22 @@ impl ControlPlaneBuilder {
                 began.elapsed().as_secs_f64()
             ));
         }
+        let stores = match store_bins {
+            Some(store_bins) => {
+                let at = began.elapsed();
+                let (stores, st) = stores::start(store_bins, run, sup, say, STEP_TIMEOUT).await?;
+                t.stores = Some(StoreTimings {
+                    postgres: at + st.postgres,
+                    s3: at + st.s3,
+                    gcs: at + st.gcs,
+                });
+                Some(stores)
+            }
+            None => None,
+        };
         supervisor::lock(sup).check_running()?;
         t.total = began.elapsed();
-        Ok((client, admin, api, t))
+        Ok((client, admin, api, stores, t))
     }
 
     /// [`wait::until`], failing at once when a component has died meanwhile.
@@ -395,6 +446,8 @@ pub struct StartTimings {
     pub controller_manager: Option<Duration>,
     /// Every simulated node Ready, if any.
     pub nodes: Option<Duration>,
+    /// PostgreSQL, the S3 gateway and fake-gcs-server answering, if started.
+    pub stores: Option<StoreTimings>,
     /// Everything up.
     pub total: Duration,
 }
@@ -419,6 +472,15 @@ impl fmt::Display for StartTimings {
         if let Some(d) = self.nodes {
             write!(f, ", nodes Ready {}", s(d))?;
         }
+        if let Some(st) = &self.stores {
+            write!(
+                f,
+                ", PostgreSQL {}, S3 {}, GCS {}",
+                s(st.postgres),
+                s(st.s3),
+                s(st.gcs)
+            )?;
+        }
         write!(f, ")")
     }
 }
@@ -434,6 +496,7 @@ pub struct ControlPlane {
     api_url: String,
     issuer: String,
     nodes: Vec<SimNode>,
+    stores: Option<Stores>,
     timings: StartTimings,
 }
 
@@ -485,6 +548,13 @@ impl ControlPlane {
     /// The simulated nodes started with it.
     pub fn nodes(&self) -> &[SimNode] {
         &self.nodes
+    }
+
+    /// The stores, when started [`with_stores`](ControlPlaneBuilder::with_stores).
+    pub fn stores(&self) -> Result<&Stores> {
+        self.stores
+            .as_ref()
+            .context("this environment was started without ControlPlaneBuilder::with_stores")
     }
 
     /// Start-up timings.
@@ -598,7 +668,7 @@ fn log_summary(sup: &mut Supervisor) -> String {
 
 /// A plain HTTP/1.0 GET to 127.0.0.1:`port` (etcd's health endpoint), returning the raw
 /// response.
-async fn http_get(port: u16, path: &str) -> Result<String> {
+pub(crate) async fn http_get(port: u16, path: &str) -> Result<String> {
     let mut s = TcpStream::connect((LOOPBACK, port)).await?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {LOOPBACK}\r\n\r\n").as_bytes())
         .await?;

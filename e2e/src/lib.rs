@@ -6,6 +6,8 @@
 //! - [`ControlPlane::builder`] starts it; [`ControlPlane::shutdown`] (or dropping it, or
 //!   Ctrl-C once [`signals::install`] ran) stops it in reverse order and checks that no
 //!   process or port is left ([`hygiene`]).
+//! - [`ControlPlaneBuilder::with_stores`] adds PostgreSQL, SeaweedFS (S3) and
+//!   fake-gcs-server (GCS) on 127.0.0.1 ([`stores`]).
 //! - [`suite`] runs a test binary's scenarios against one shared control plane.
 //! - The `lotabots-e2e up` command brings the environment up for a person to explore.
 //!
@@ -30,6 +32,7 @@ pub mod reaper;
 pub mod resources;
 pub mod signals;
 pub mod stack;
+pub mod stores;
 pub mod suite;
 pub mod supervisor;
 pub mod table;

@@ -83,7 +83,7 @@ impl TestBins {
     }
 }
 
-fn run_build_script(script: &Path) -> Result<PathBuf> {
+pub(crate) fn run_build_script(script: &Path) -> Result<PathBuf> {
     let out = Command::new("bash")
         .arg(script)
         .stdin(Stdio::null())
