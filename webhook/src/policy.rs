@@ -468,7 +468,9 @@ impl Policy {
             Ok(f) => f,
             Err(e) => {
                 let path = e.path().to_string();
-                let path = if path == "." {
+                // `.` is the root; an unknown key that is empty or blank at the root gives
+                // a blank path (found by fuzzing: `{!` named no field).
+                let path = if path == "." || path.trim().is_empty() {
                     "(document)".to_string()
                 } else {
                     path
@@ -882,6 +884,11 @@ mod tests {
             ),
             ("rulez: {}", "rulez"),
             ("[1, 2]", "(document)"),
+            // Fuzzing regressions (webhook/fuzz, policy_yaml): an empty or blank unknown
+            // key at the root gave an error with an empty path.
+            ("{!", "(document)"),
+            ("'': 1", "(document)"),
+            ("' ': 1", "(document)"),
         ];
         for (yaml, want) in cases {
             let paths = err_paths(yaml);
