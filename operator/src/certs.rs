@@ -306,34 +306,33 @@ pub async fn reconcile(
             now,
         );
         let published_ca = data(&stored, CA_KEY);
-        match renewal {
+        let (cert, key, what) = match renewal {
             Renewal::Issue(why) => {
                 let (cert, key) =
                     new_leaf(&ca_cert, &ca_key, &serving.dns_names, now, cfg.lifetime)?;
-                apply_secret(
-                    &secrets,
-                    &serving.secret,
-                    "kubernetes.io/tls",
-                    [(CERT_KEY, &cert), (KEY_KEY, &key), (CA_KEY, &ca_cert)].into(),
-                )
-                .await?;
-                changed.push(format!("{}: new certificate ({why})", serving.secret));
+                (cert, key, format!("new certificate ({why})"))
             }
+            // Kept, but the Secret's ca.crt (what clients of this service trust) lags.
             Renewal::Keep(_) if published_ca.as_deref() != Some(ca_cert.as_bytes()) => {
-                let cert = String::from_utf8(leaf.unwrap_or_default()).unwrap_or_default();
-                let key = String::from_utf8(data(&stored, KEY_KEY).unwrap_or_default())
-                    .unwrap_or_default();
-                apply_secret(
-                    &secrets,
-                    &serving.secret,
-                    "kubernetes.io/tls",
-                    [(CERT_KEY, &cert), (KEY_KEY, &key), (CA_KEY, &ca_cert)].into(),
+                let text = |b: Option<Vec<u8>>| {
+                    String::from_utf8(b.unwrap_or_default()).unwrap_or_default()
+                };
+                (
+                    text(leaf),
+                    text(data(&stored, KEY_KEY)),
+                    "CA certificate updated".to_owned(),
                 )
-                .await?;
-                changed.push(format!("{}: CA certificate updated", serving.secret));
             }
-            Renewal::Keep(_) => {}
-        }
+            Renewal::Keep(_) => continue,
+        };
+        apply_secret(
+            &secrets,
+            &serving.secret,
+            "kubernetes.io/tls",
+            [(CERT_KEY, &cert), (KEY_KEY, &key), (CA_KEY, &ca_cert)].into(),
+        )
+        .await?;
+        changed.push(format!("{}: {what}", serving.secret));
     }
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
     let published = configmaps.get_opt(&cfg.ca_configmap).await?;
