@@ -74,11 +74,7 @@ impl StoreBins {
 
     fn find() -> Result<Self> {
         let began = Instant::now();
-        let script = crate::repo_root().join("e2e/setup-stores.sh");
-        let dir = match std::env::var_os(STORES_ENV) {
-            Some(dir) => PathBuf::from(dir),
-            None => testbins::run_build_script(&script)?,
-        };
+        let dir = testbins::dir_from_env_or_script(STORES_ENV, "e2e/setup-stores.sh")?;
         let bins = Self {
             dir,
             took: began.elapsed(),
@@ -92,9 +88,8 @@ impl StoreBins {
         ] {
             ensure!(
                 p.is_file(),
-                "missing store binary {} (run {} and set {STORES_ENV} to the directory it prints)",
+                "missing store binary {} (run e2e/setup-stores.sh and set {STORES_ENV} to the directory it prints)",
                 p.display(),
-                script.display()
             );
         }
         Ok(bins)

@@ -47,10 +47,7 @@ impl TestBins {
 
     fn find() -> Result<Self> {
         let began = Instant::now();
-        let dir = match std::env::var_os(TESTBINS_ENV) {
-            Some(dir) => PathBuf::from(dir),
-            None => run_build_script(&crate::repo_root().join("e2e/testbins/build.sh"))?,
-        };
+        let dir = dir_from_env_or_script(TESTBINS_ENV, "e2e/testbins/build.sh")?;
         let bins = Self {
             dir,
             took: began.elapsed(),
@@ -83,7 +80,16 @@ impl TestBins {
     }
 }
 
-pub(crate) fn run_build_script(script: &Path) -> Result<PathBuf> {
+/// The directory `env` names (unset or empty: none), else the one the repository's `script` prints last (the
+/// script installs or builds what is missing, and nothing when the cache is warm).
+pub(crate) fn dir_from_env_or_script(env: &str, script: &str) -> Result<PathBuf> {
+    match std::env::var_os(env).filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir)),
+        None => run_build_script(&crate::repo_root().join(script)),
+    }
+}
+
+fn run_build_script(script: &Path) -> Result<PathBuf> {
     let out = Command::new("bash")
         .arg(script)
         .stdin(Stdio::null())
