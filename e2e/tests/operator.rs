@@ -536,18 +536,29 @@ async fn the_operator_issues_rotates_and_injects_its_certificates(ctx: Ctx) -> R
 
     let client = ctx.client();
     let ns = ctx.namespace().await?;
-    // The production configuration under another name, sent nothing (no namespace
-    // carries the label), so the other scenarios' pods are unaffected.
+    // The production configuration under another name, sent nothing: no object carries
+    // the selectors' label (the object selector also covers cluster-scoped kinds such as
+    // GpuAttestation, which a namespace selector does not), and the Service reference is
+    // replaced by a 127.0.0.1 URL, so that the API server could never dial a cluster IP.
     let path =
         lotabots_e2e::repo_root().join("config/webhook/validating-webhook-configuration.yaml");
     let mut hooks: ValidatingWebhookConfiguration =
         serde_yaml::from_str(&std::fs::read_to_string(&path)?)?;
     let hooks_name = ctx.name("hooks");
     hooks.metadata.name = Some(hooks_name.clone());
+    let never = || serde_json::from_value(json!({"matchLabels": {"lotabots-e2e/never": "true"}}));
     for h in hooks.webhooks.iter_mut().flatten() {
-        h.namespace_selector = Some(serde_json::from_value(
-            json!({"matchLabels": {"lotabots-e2e/never": "true"}}),
-        )?);
+        h.namespace_selector = Some(never()?);
+        h.object_selector = Some(never()?);
+        let service = h
+            .client_config
+            .service
+            .take()
+            .context("a webhook without a Service")?;
+        h.client_config.url = Some(format!(
+            "https://127.0.0.1:1{}",
+            service.path.unwrap_or_default()
+        ));
     }
     let configs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     configs.create(&PostParams::default(), &hooks).await?;
