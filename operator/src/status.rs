@@ -5,12 +5,14 @@
 //! without an API server: the controller only gathers the inputs and writes the result.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use lotabots_crds::conditions::{self, reason, status as cstatus};
 use lotabots_crds::gpu_attestation::{GpuAttestationStatus, GpuPolicy, NodeSummary, Verdict};
+use lotabots_verifier::cc::ReferenceBundle;
 use lotabots_verifier::{Context, verify_node};
 
 use crate::evidence_api::AcceptedEvidence;
@@ -60,6 +62,20 @@ pub fn judge_node(
     judging: &Judging,
     now: Timestamp,
 ) -> NodeResult {
+    judge_node_with(node, latest, policy, judging, None, now)
+}
+
+/// [`judge_node`] with the reference bundle (RIMs, OCSP responses) that the GPUs'
+/// confidential-computing reports are judged with: the same verifier path as
+/// `verify-gpu-evidence --reference-bundle`.
+pub fn judge_node_with(
+    node: &str,
+    latest: Option<&AcceptedEvidence>,
+    policy: &GpuPolicy,
+    judging: &Judging,
+    reference_bundle: Option<&Arc<ReferenceBundle>>,
+    now: Timestamp,
+) -> NodeResult {
     let max_age = judging.interval + judging.grace;
     let Some(accepted) = latest else {
         let waited = now.duration_since(judging.waiting_since);
@@ -103,6 +119,7 @@ pub fn judge_node(
         expected_nonce: Some(accepted.evidence.nonce.clone()),
         max_age,
         allow_simulated: judging.allow_simulated,
+        reference_bundle: reference_bundle.cloned(),
         ..Context::at(now)
     };
     let verdict = verify_node(&accepted.evidence, policy, &ctx);

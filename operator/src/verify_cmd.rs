@@ -3,21 +3,30 @@
 //!
 //! Exit codes, as the project's other offline commands: 0 attested; 1 failed or unknown
 //! (every reason printed); 2 unusable input (the message names the file and the problem).
+//!
+//! With `--reference-bundle` the confidential-computing reports (of `--report` and of the
+//! evidence's GPUs alike) are judged against the bundle's RIMs and OCSP responses, through
+//! the same [`Context::reference_bundle`] the operator's controller uses.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
 use lotabots_crds::evidence::{NodeEvidence, parse_nonce};
 use lotabots_crds::gpu_attestation::{GpuAttestation, GpuPolicy, Verdict};
-use lotabots_verifier::cc::{CcInput, decode_report, verify_report};
+use lotabots_verifier::cc::{
+    BundleOptions, CcInput, ReferenceBundle, decode_report, verify_report,
+};
 use lotabots_verifier::{Context, NodeVerdict, cc_findings, verify_node};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// `schemaVersion` of the JSON verdict document.
-pub const VERDICT_SCHEMA: &str = "lotabots.io/gpu-verdict/v1alpha1";
+/// `schemaVersion` of the JSON verdict document. v1alpha2 added `check` to the findings
+/// of confidential-computing reports (`parse`, …, `rimVersion`, `rimSignature`, `rimChain`,
+/// `referenceValues`, `revocation`) and `referenceBundleDigest`.
+pub const VERDICT_SCHEMA: &str = "lotabots.io/gpu-verdict/v1alpha2";
 
 /// What to verify.
 #[derive(Debug, Clone)]
@@ -40,6 +49,10 @@ pub struct VerifyArgs {
     pub max_age: Duration,
     /// Accept evidence from the simulated backend.
     pub allow_simulated: bool,
+    /// RIMs and OCSP responses to judge confidential-computing reports with (JSON).
+    pub reference_bundle: Option<PathBuf>,
+    /// Accept the bundle's `rimRootOverride` instead of the pinned NVIDIA RIM root.
+    pub allow_rim_root_override: bool,
 }
 
 /// Unusable input: exit code 2.
@@ -69,6 +82,9 @@ pub struct VerdictDocument {
     /// `sha256:` over the SPDM report's bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub report_digest: Option<String>,
+    /// `sha256:` over the reference bundle's bytes, when one was used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reference_bundle_digest: Option<String>,
     /// The policy applied (the GpuAttestation's name), if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
@@ -110,6 +126,9 @@ impl VerdictDocument {
         if let Some(d) = &self.report_digest {
             let _ = writeln!(s, "REPORT    {d}");
         }
+        if let Some(d) = &self.reference_bundle_digest {
+            let _ = writeln!(s, "BUNDLE    {d}");
+        }
         let _ = writeln!(s, "CHECKED   {}", self.checked_at);
         if self.findings.is_empty() {
             let _ = writeln!(s, "\nno findings: every rule of the policy holds");
@@ -148,6 +167,25 @@ pub fn verify(args: &VerifyArgs) -> Result<VerdictDocument, InputError> {
         return Err(flag("--report", "--report and --chain go together"));
     }
     let checked_at = args.at.unwrap_or_else(Timestamp::now);
+    let bundle = match &args.reference_bundle {
+        Some(path) => {
+            let (bundle, digest) = load_reference_bundle(path, args.allow_rim_root_override)?;
+            if bundle.rim_root_override.is_some() {
+                eprintln!(
+                    "lotabots-operator: using the RIM root of {} instead of the pinned NVIDIA RIM root",
+                    path.display()
+                );
+            }
+            Some((Arc::new(bundle), digest))
+        }
+        None if args.allow_rim_root_override => {
+            return Err(flag(
+                "--allow-rim-root-override",
+                "only applies with --reference-bundle",
+            ));
+        }
+        None => None,
+    };
     let mut findings = Vec::new();
     let mut doc = VerdictDocument {
         schema_version: VERDICT_SCHEMA,
@@ -155,10 +193,13 @@ pub fn verify(args: &VerifyArgs) -> Result<VerdictDocument, InputError> {
         node: String::new(),
         evidence_digest: None,
         report_digest: None,
+        reference_bundle_digest: None,
         policy: None,
         checked_at,
         findings: Vec::new(),
     };
+    doc.reference_bundle_digest = bundle.as_ref().map(|(_, d)| d.clone());
+    let bundle = bundle.map(|(b, _)| b);
     if let Some(path) = &args.evidence {
         let evidence: NodeEvidence = read_json(path)?;
         doc.evidence_digest = Some(
@@ -178,6 +219,7 @@ pub fn verify(args: &VerifyArgs) -> Result<VerdictDocument, InputError> {
             expected_nonce: Some(hex::encode(nonce)),
             max_age: args.max_age,
             allow_simulated: args.allow_simulated,
+            reference_bundle: bundle.clone(),
             ..Context::at(checked_at)
         };
         findings.extend(verify_node(&evidence, &policy, &ctx).findings);
@@ -197,6 +239,9 @@ pub fn verify(args: &VerifyArgs) -> Result<VerdictDocument, InputError> {
             );
             input = input.with_root(root);
         }
+        if let Some(bundle) = &bundle {
+            input = input.with_reference_bundle(bundle);
+        }
         let outcome = verify_report(&input);
         findings.extend(cc_findings(
             &outcome,
@@ -208,6 +253,26 @@ pub fn verify(args: &VerifyArgs) -> Result<VerdictDocument, InputError> {
     doc.verdict = verdict.verdict;
     doc.findings = verdict.findings;
     Ok(doc)
+}
+
+/// Reads and loads a reference bundle (see `lotabots_verifier::cc::bundle`), returning it
+/// with `sha256:` over its bytes. The error names the file and the field at fault.
+pub fn load_reference_bundle(
+    path: &Path,
+    allow_rim_root_override: bool,
+) -> Result<(ReferenceBundle, String), InputError> {
+    let bytes = read(path)?;
+    let bundle = ReferenceBundle::from_json(
+        &bytes,
+        BundleOptions {
+            allow_rim_root_override,
+        },
+    )
+    .map_err(|e| input(path, format!("not a usable reference bundle: {e}")))?;
+    Ok((
+        bundle,
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes))),
+    ))
 }
 
 fn input(path: &Path, problem: impl Into<String>) -> InputError {

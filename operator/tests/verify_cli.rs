@@ -108,7 +108,7 @@ fn json_output_is_the_documented_verdict_document() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(doc["schemaVersion"], "lotabots.io/gpu-verdict/v1alpha1");
+    assert_eq!(doc["schemaVersion"], "lotabots.io/gpu-verdict/v1alpha2");
     assert_eq!(doc["verdict"], "Attested");
     assert!(
         doc["evidenceDigest"]

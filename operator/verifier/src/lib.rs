@@ -12,6 +12,7 @@
 pub mod cc;
 mod rules;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -34,10 +35,14 @@ pub struct Context {
     /// Whether evidence from the simulated backend may be attested (development and tests
     /// only: simulated evidence proves nothing about hardware).
     pub allow_simulated: bool,
+    /// RIMs and OCSP responses the confidential-computing reports are judged with; `None`:
+    /// their measurements and revocation are not checked, and a note says so.
+    pub reference_bundle: Option<Arc<cc::ReferenceBundle>>,
 }
 
 impl Context {
-    /// Judges at `now`, with a 5-minute age limit, 30 s of skew, and no simulated evidence.
+    /// Judges at `now`, with a 5-minute age limit, 30 s of skew, no simulated evidence and
+    /// no reference bundle.
     pub fn at(now: Timestamp) -> Self {
         Self {
             expected_nonce: None,
@@ -45,6 +50,7 @@ impl Context {
             max_age: Duration::from_secs(300),
             max_clock_skew: Duration::from_secs(30),
             allow_simulated: false,
+            reference_bundle: None,
         }
     }
 }
@@ -113,6 +119,9 @@ pub struct Finding {
     /// The GPU (NVML index) it is about, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gpu: Option<u32>,
+    /// For confidential-computing findings: which check of the report it comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<cc::CcCheck>,
     /// What was found, in words a person can act on.
     pub message: String,
 }
@@ -163,6 +172,7 @@ pub fn verify_node(evidence: &NodeEvidence, policy: &GpuPolicy, ctx: &Context) -
             outcome,
             rule,
             gpu,
+            check: None,
             message,
         });
     };
@@ -187,9 +197,11 @@ pub fn verify_node(evidence: &NodeEvidence, policy: &GpuPolicy, ctx: &Context) -
             "the node reports no GPU".into(),
         );
     }
+    let mut cc = Vec::new();
     for gpu in &evidence.gpus {
-        rules::check_gpu(evidence, gpu, policy, ctx.now, &mut add);
+        rules::check_gpu(evidence, gpu, policy, ctx, &mut add, &mut cc);
     }
+    findings.extend(cc);
     NodeVerdict::from_findings(findings)
 }
 
@@ -280,6 +292,7 @@ pub fn cc_findings(outcome: &cc::CcOutcome, gpu: Option<u32>, subject: &str) -> 
                 outcome,
                 rule: Rule::ConfidentialComputing,
                 gpu,
+                check: Some(f.check),
                 message: format!("{subject}: {}: {}", f.check.name(), f.message),
             })
         })

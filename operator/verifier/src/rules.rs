@@ -1,13 +1,12 @@
 //! The per-GPU rules of a `GpuPolicy`.
 
-use jiff::Timestamp;
 use lotabots_crds::evidence::{
     AttestationReport, ErrorCode, Fact, GpuEvidence, NodeEvidence, parse_nonce,
 };
 use lotabots_crds::gpu_attestation::{DriverVersion, GpuPolicy, HealthLimits, MigMode, MigPolicy};
 
 use crate::cc::{self, CcInput};
-use crate::{Outcome, Rule};
+use crate::{Context, Finding, Outcome, Rule};
 
 /// The reporting function each rule calls: outcome, rule, GPU index, message.
 type Add<'a> = dyn FnMut(Outcome, Rule, Option<u32>, String) + 'a;
@@ -38,13 +37,15 @@ fn unknown<T>(add: &mut Add, rule: Rule, gpu: &GpuEvidence, what: &str, f: &Fact
     }
 }
 
-/// Applies every rule of `policy` to one GPU.
+/// Applies every rule of `policy` to one GPU. The confidential-computing report's findings
+/// go to `cc_findings` whole (they name the report check they come from).
 pub(crate) fn check_gpu(
     evidence: &NodeEvidence,
     gpu: &GpuEvidence,
     policy: &GpuPolicy,
-    now: Timestamp,
+    ctx: &Context,
     add: &mut Add,
+    cc_findings: &mut Vec<Finding>,
 ) {
     let name = gpu_name(gpu);
     let fail = |add: &mut Add, rule, message: String| {
@@ -126,7 +127,7 @@ pub(crate) fn check_gpu(
     }
 
     if policy.confidential_computing_required {
-        check_cc(evidence, gpu, now, add);
+        check_cc(evidence, gpu, ctx, add, cc_findings);
     }
 
     if let Some(limits) = &policy.health {
@@ -251,7 +252,13 @@ fn check_mig(gpu: &GpuEvidence, mig: &MigPolicy, add: &mut Add) {
     }
 }
 
-fn check_cc(evidence: &NodeEvidence, gpu: &GpuEvidence, now: Timestamp, add: &mut Add) {
+fn check_cc(
+    evidence: &NodeEvidence,
+    gpu: &GpuEvidence,
+    ctx: &Context,
+    add: &mut Add,
+    cc_findings: &mut Vec<Finding>,
+) {
     let name = gpu_name(gpu);
     let cc = &evidence.host.confidential_computing;
     match cc.value() {
@@ -296,7 +303,7 @@ fn check_cc(evidence: &NodeEvidence, gpu: &GpuEvidence, now: Timestamp, add: &mu
                 "{name}: the attestation report was requested with another nonce than the evidence's"
             ),
         ),
-        Some(report) => check_cc_report(evidence, gpu, report, now, add),
+        Some(report) => check_cc_report(evidence, gpu, report, ctx, add, cc_findings),
         None => unknown(
             add,
             Rule::ConfidentialComputing,
@@ -312,8 +319,9 @@ fn check_cc_report(
     evidence: &NodeEvidence,
     gpu: &GpuEvidence,
     report: &AttestationReport,
-    now: Timestamp,
+    ctx: &Context,
     add: &mut Add,
+    cc_findings: &mut Vec<Finding>,
 ) {
     let name = gpu_name(gpu);
     let fail = |add: &mut Add, message: String| {
@@ -343,10 +351,12 @@ fn check_cc_report(
     let Ok(chain) = hex::decode(certs.attestation_cert_chain.trim()) else {
         return fail(add, "the attestation certificate chain is not hex".into());
     };
-    let outcome = cc::verify_report(&CcInput::new(&report_bytes, &chain, &nonce, now));
-    for f in crate::cc_findings(&outcome, Some(gpu.index), &name) {
-        add(f.outcome, f.rule, f.gpu, f.message);
+    let mut input = CcInput::new(&report_bytes, &chain, &nonce, ctx.now);
+    if let Some(bundle) = &ctx.reference_bundle {
+        input = input.with_reference_bundle(bundle);
     }
+    let outcome = cc::verify_report(&input);
+    cc_findings.extend(crate::cc_findings(&outcome, Some(gpu.index), &name));
 }
 
 fn check_health(gpu: &GpuEvidence, limits: &HealthLimits, add: &mut Add) {

@@ -1,6 +1,9 @@
 //! Every verifier rule, on evidence from the agent's simulated profiles: each test turns
 //! one fact or one policy field and asserts the verdict and the reason it gives.
 
+mod support;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -13,6 +16,8 @@ use lotabots_crds::evidence::{
 use lotabots_crds::gpu_attestation::{
     GpuPolicy, HealthLimits, MigMode, MigPolicy, MigProfileRequirement, Verdict,
 };
+use lotabots_verifier::cc::rim::RimKind;
+use lotabots_verifier::cc::{BundleOptions, CcCheck, ReferenceBundle};
 use lotabots_verifier::{Context, NodeVerdict, Outcome, Rule, verify_node};
 
 const NONCE: [u8; 32] = [0x5a; 32];
@@ -552,6 +557,77 @@ fn a_genuine_hopper_report_attests_and_says_measurements_were_not_compared() {
         Rule::ConfidentialComputing,
         Outcome::Note,
         "measurements not checked against reference values",
+    );
+}
+
+/// The evidence path (the operator's controller) judges the GPU's report with the bundle in
+/// its context, as `verify-gpu-evidence --reference-bundle` does.
+#[test]
+fn a_hopper_report_is_compared_with_the_context_reference_bundle() {
+    let cc = GpuPolicy {
+        confidential_computing_required: true,
+        ..Default::default()
+    };
+    let e = hopper_cc_evidence();
+    let pki = support::pki(2030);
+    let load = |edit: &dyn Fn(RimKind, &mut support::Measurements)| {
+        let json = support::bundle_json(
+            &support::sample_rims(&pki, edit),
+            &[],
+            "note",
+            Some(&pki.root_pem),
+        );
+        let options = BundleOptions {
+            allow_rim_root_override: true,
+        };
+        Arc::new(ReferenceBundle::from_json(&json, options).unwrap())
+    };
+    let ctx = |bundle| Context {
+        expected_nonce: Some(HOPPER_SAMPLE_NONCE.into()),
+        allow_simulated: true,
+        reference_bundle: Some(bundle),
+        ..Context::at(e.collected_at)
+    };
+
+    let v = verify_node(&e, &cc, &ctx(load(&|_, _| {})));
+    assert_eq!(v.verdict, Verdict::Attested, "{:#?}", v.findings);
+    assert!(
+        !v.reasons()
+            .iter()
+            .any(|r| r.contains("measurements not checked")),
+        "{:#?}",
+        v.findings
+    );
+    // The device chain's OCSP responses are missing; this bundle's policy notes it.
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.check == Some(CcCheck::Revocation)
+                && f.outcome == Outcome::Note
+                && f.gpu == Some(0))
+    );
+
+    let v = verify_node(
+        &e,
+        &cc,
+        &ctx(load(&|kind, ms| {
+            if kind == RimKind::Vbios {
+                ms[2].2 = vec!["00".repeat(48)];
+            }
+        })),
+    );
+    assert_eq!(v.verdict, Verdict::Failed);
+    let f = v
+        .findings
+        .iter()
+        .find(|f| f.outcome == Outcome::Failed)
+        .unwrap();
+    assert_eq!(f.check, Some(CcCheck::ReferenceValues));
+    assert!(
+        f.message
+            .contains("measurement index 2 (Measurement_2) does not match"),
+        "{}",
+        f.message
     );
 }
 

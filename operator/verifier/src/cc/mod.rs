@@ -15,31 +15,49 @@
 //!    response (up to the signature) verifies with the leaf's key.
 //! 6. [`CcCheck::Fwid`]: the FWID in the leaf certificate (TCG DICE extension) equals the
 //!    report's FWID; reports from older drivers carry none, and the finding says so.
-//! 7. [`CcCheck::ReferenceValues`]: the measurements are compared with reference values
-//!    (RIMs). Not implemented: a [`Severity::Note`] says "measurements not checked against
-//!    reference values".
-//! 8. [`CcCheck::Revocation`]: certificate revocation (OCSP). Not implemented: a
-//!    [`Severity::Note`] says so.
-//!
-//! Checking RIMs and OCSP responses from an offline bundle is left for later: the bundle
-//! will come in through a new [`CcInput`] builder method (the struct is `non_exhaustive`),
-//! and its results go to the last two checks, whose notes then become passes or failures.
+//! 7. With a reference bundle ([`CcInput::with_reference_bundle`], see [`bundle`]):
+//!    [`CcCheck::RimVersion`]: the bundle has a driver RIM for the report's driver version and
+//!    a VBIOS RIM for its VBIOS version (opaque data); [`CcCheck::RimSignature`]: each RIM's
+//!    enveloped XML signature verifies; [`CcCheck::RimChain`]: each RIM's signing chain leads
+//!    to the pinned NVIDIA RIM root (or the bundle's override, allowed explicitly) and is
+//!    valid at `at`.
+//! 8. [`CcCheck::ReferenceValues`]: every active reference measurement of the two RIMs
+//!    equals the report's block at that index (any alternative); each mismatch or missing
+//!    block is a failure naming the index, the expected and the found digests. Without a
+//!    bundle: a [`Severity::Note`] says "measurements not checked against reference values".
+//! 9. [`CcCheck::Revocation`]: the recorded OCSP responses say every device certificate
+//!    (but the GPU-made leaf and the root) and every RIM signing certificate (but the root)
+//!    is good at `at`; revoked fails naming the certificate, a missing response fails or is
+//!    a note as the bundle's `missingOcsp` says. Without a bundle: a note says revocation
+//!    was not checked.
 //!
 //! Pure functions: no I/O, no clock (the time to judge validity at is an input).
 
+pub mod bundle;
+pub mod c14n;
 pub mod chain;
+pub mod ocsp;
+pub mod reference;
+pub mod rim;
 pub mod spdm;
+pub mod xmldsig;
 
 use jiff::Timestamp;
 use ring::signature::{ECDSA_P384_SHA384_FIXED, UnparsedPublicKey};
 use serde::Serialize;
 
+pub use bundle::{BundleError, BundleOptions, ReferenceBundle};
 pub use spdm::{ParseError, ParsedReport, decode_report, parse_report};
 
 /// The pinned NVIDIA device identity root ("NVIDIA Device Identity CA"), as shipped in
 /// NVIDIA's `nv-local-gpu-verifier` 2.7.3 (`verifier/certs/verifier_device_root.pem`).
 /// SHA-256 of the DER: `102bf659d5419614c9d8e6aecebc80454eb26b1df6a769ac720b9a690b167b48`.
 pub const NVIDIA_DEVICE_ROOT_PEM: &str = include_str!("roots/nvidia_device_identity_ca.pem");
+
+/// The pinned NVIDIA RIM root ("NVIDIA CoRIM signing Root CA"), as shipped in NVIDIA's
+/// `nv-local-gpu-verifier` 2.7.3 (`verifier/certs/verifier_RIM_root.pem`), valid until 2053.
+/// SHA-256 of the DER: `12977b5115acb0381179279fffeb5a8c4d264971ebb32298023a465fa41df5d1`.
+pub const NVIDIA_RIM_ROOT_PEM: &str = include_str!("roots/nvidia_rim_root.pem");
 
 /// What to verify.
 #[derive(Clone, Debug)]
@@ -55,6 +73,9 @@ pub struct CcInput<'a> {
     pub root: Option<&'a [u8]>,
     /// The time to judge certificate validity at.
     pub at: Timestamp,
+    /// RIMs and OCSP responses to judge measurements and revocation with; `None`: those
+    /// two checks are notes saying they were not done.
+    pub reference: Option<&'a ReferenceBundle>,
 }
 
 impl<'a> CcInput<'a> {
@@ -71,12 +92,19 @@ impl<'a> CcInput<'a> {
             expected_nonce,
             root: None,
             at,
+            reference: None,
         }
     }
 
     /// Replaces the pinned NVIDIA root with `root_pem` (explicit; the chain finding names it).
     pub fn with_root(mut self, root_pem: &'a [u8]) -> Self {
         self.root = Some(root_pem);
+        self
+    }
+
+    /// Judges the measurements and revocation with `bundle` (see [`bundle`]).
+    pub fn with_reference_bundle(mut self, bundle: &'a ReferenceBundle) -> Self {
+        self.reference = Some(bundle);
         self
     }
 }
@@ -107,6 +135,9 @@ pub enum CcCheck {
     Validity,
     Signature,
     Fwid,
+    RimVersion,
+    RimSignature,
+    RimChain,
     ReferenceValues,
     Revocation,
 }
@@ -121,6 +152,9 @@ impl CcCheck {
             Self::Validity => "certificate validity",
             Self::Signature => "report signature",
             Self::Fwid => "FWID",
+            Self::RimVersion => "RIM version",
+            Self::RimSignature => "RIM signature",
+            Self::RimChain => "RIM certificate chain",
             Self::ReferenceValues => "reference values",
             Self::Revocation => "revocation",
         }
@@ -179,7 +213,7 @@ impl CcOutcome {
     }
 }
 
-struct Findings(Vec<CcFinding>);
+pub(crate) struct Findings(Vec<CcFinding>);
 
 impl Findings {
     fn push(&mut self, severity: Severity, check: CcCheck, message: impl Into<String>) {
@@ -428,18 +462,36 @@ pub fn verify_report(input: &CcInput<'_>) -> CcOutcome {
         ),
     }
 
-    // 7, 8. Reference values and revocation: not implemented yet, said plainly.
-    f.push(
-        Severity::Note,
-        CcCheck::ReferenceValues,
-        "measurements not checked against reference values (no RIM bundle): attested on \
-         identity and freshness only",
-    );
-    f.push(
-        Severity::Note,
-        CcCheck::Revocation,
-        "certificate revocation not checked (no OCSP responses)",
-    );
+    // 7-9. Reference values and revocation, with a bundle; without one, said plainly.
+    match input.reference {
+        Some(bundle) => {
+            let path = match (&chain, &root) {
+                (Ok(chain), Ok(root)) => {
+                    let mut path: Vec<&x509_parser::certificate::X509Certificate<'_>> =
+                        chain.iter().collect();
+                    if chain.last().map(|c| c.as_raw()) != Some(root.as_raw()) {
+                        path.push(root);
+                    }
+                    Some(path)
+                }
+                _ => None,
+            };
+            reference::check(&mut f, bundle, parsed.as_ref(), path.as_deref(), input.at);
+        }
+        None => {
+            f.push(
+                Severity::Note,
+                CcCheck::ReferenceValues,
+                "measurements not checked against reference values (no RIM bundle): attested \
+                 on identity and freshness only",
+            );
+            f.push(
+                Severity::Note,
+                CcCheck::Revocation,
+                "certificate revocation not checked (no OCSP responses)",
+            );
+        }
+    }
 
     CcOutcome {
         findings: f.0,
