@@ -37,7 +37,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::{
     control_plane::{Progress, http_get},
     ports::{self, LOOPBACK},
-    process::Process,
+    process::{Process, Stopped},
     supervisor::{self, Shared},
     testbins, wait,
 };
@@ -409,6 +409,88 @@ pub struct Seaweed {
 }
 
 impl Seaweed {
+    /// The settings of a SeaweedFS with its data in `dir` (created) and its S3
+    /// identities in `s3_config` (written, mode 0600): every port a free 127.0.0.1 port
+    /// other than `taken`, a fresh access and secret key (returned).
+    pub fn prepare(dir: &Path, s3_config: &Path, taken: &[u16]) -> Result<(Self, String, String)> {
+        let (access_key, secret_key) = (
+            format!("LB{}", random_hex(9)?.to_uppercase()),
+            random_hex(20)?,
+        );
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(
+            s3_config,
+            serde_json::to_vec_pretty(&Self::s3_identities(&access_key, &secret_key))?,
+        )?;
+        std::fs::set_permissions(s3_config, std::fs::Permissions::from_mode(0o600))?;
+        let mut ports = ports::free_ports(8 + taken.len())?;
+        ports.retain(|p| !taken.contains(p));
+        ensure!(ports.len() >= 8, "found too few free ports for SeaweedFS");
+        let mut all = taken.to_vec();
+        all.extend(&ports);
+        let admin = port_pair(ADMIN_GRPC_OFFSET, &all)?;
+        let settings = Self {
+            ports: SeaweedPorts {
+                master: (ports[0], ports[1]),
+                volume: (ports[2], ports[3]),
+                filer: (ports[4], ports[5]),
+                s3: (ports[6], ports[7]),
+                admin,
+            },
+            dir: dir.to_path_buf(),
+            s3_config: s3_config.to_path_buf(),
+        };
+        Ok((settings, access_key, secret_key))
+    }
+
+    /// Waits until this SeaweedFS takes S3 writes, failing at once with `alive`'s error.
+    pub async fn wait_ready(
+        &self,
+        timeout: Duration,
+        mut alive: impl FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let s3_port = self.ports.s3.0;
+        // Anonymous requests are refused once the gateway has loaded its identities.
+        wait::until_alive(
+            "the SeaweedFS S3 gateway",
+            timeout,
+            &mut alive,
+            || async move {
+                let r = http_get(s3_port, "/").await?;
+                Ok(r.contains("AccessDenied").then_some(()))
+            },
+        )
+        .await?;
+        // Writes need a volume: the master must know a volume server with free slots (mini
+        // offers none when the disk is nearly full, and S3 PUTs then hang).
+        let master_port = self.ports.master.0;
+        wait::until_alive(
+            "SeaweedFS to offer writable volumes (master /dir/status Topology.Max > 0)",
+            timeout,
+            &mut alive,
+            || async move {
+                let r = http_get(master_port, "/dir/status").await?;
+                let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+                let status: serde_json::Value =
+                    serde_json::from_str(body).with_context(|| format!("master said {r}"))?;
+                let max = status["Topology"]["Max"].as_u64().unwrap_or(0);
+                ensure!(max > 0, "no volume slots yet (is the disk full?): {body}");
+                Ok(Some(()))
+            },
+        )
+        .await?;
+        // The admin server starts last; weed stopped while it is still starting has taken
+        // over 5 s to exit (about 2 s otherwise), so start-up waits for it too.
+        let admin_grpc = self.ports.admin.1;
+        wait::until_alive(
+            "the SeaweedFS admin server",
+            timeout,
+            &mut alive,
+            || async move { Ok(ports::is_listening(admin_grpc).then_some(())) },
+        )
+        .await
+    }
+
     /// `weed mini`'s arguments.
     pub fn args(&self) -> Vec<String> {
         let p = &self.ports;
@@ -555,33 +637,12 @@ pub(crate) async fn start(
         Ok(pid)
     };
     let alive = || supervisor::lock(sup).check_running();
-    let ports = ports::free_ports(10)?;
-    let admin = port_pair(ADMIN_GRPC_OFFSET, &ports)?;
+    let ports = ports::free_ports(2)?;
 
     // SeaweedFS.
-    let (access_key, secret_key) = (
-        format!("LB{}", random_hex(9)?.to_uppercase()),
-        random_hex(20)?,
-    );
     let sw_dir = run.join("seaweedfs");
-    std::fs::create_dir_all(&sw_dir)?;
-    let s3_config = run.join("seaweedfs-s3.json");
-    std::fs::write(
-        &s3_config,
-        serde_json::to_vec_pretty(&Seaweed::s3_identities(&access_key, &secret_key))?,
-    )?;
-    std::fs::set_permissions(&s3_config, std::fs::Permissions::from_mode(0o600))?;
-    let seaweed = Seaweed {
-        ports: SeaweedPorts {
-            master: (ports[0], ports[1]),
-            volume: (ports[2], ports[3]),
-            filer: (ports[4], ports[5]),
-            s3: (ports[6], ports[7]),
-            admin,
-        },
-        dir: sw_dir.clone(),
-        s3_config,
-    };
+    let (seaweed, access_key, secret_key) =
+        Seaweed::prepare(&sw_dir, &run.join("seaweedfs-s3.json"), &ports)?;
     let s3_port = seaweed.ports.s3.0;
     say(&format!(
         "starting SeaweedFS (weed mini), S3 on http://{LOOPBACK}:{s3_port}"
@@ -598,7 +659,7 @@ pub(crate) async fn start(
 
     // fake-gcs-server.
     let gcs = FakeGcs {
-        port: ports[8],
+        port: ports[0],
         root: run.join("fake-gcs"),
     };
     std::fs::create_dir_all(&gcs.root)?;
@@ -611,7 +672,7 @@ pub(crate) async fn start(
     let pg_dir = run.join("postgres");
     std::fs::create_dir_all(&pg_dir)?;
     let pg = PostgresSettings {
-        port: ports[9],
+        port: ports[1],
         data_dir: pg_dir.join("data"),
         socket_dir: pg_dir.clone(),
     };
@@ -681,40 +742,7 @@ pub(crate) async fn start(
     )
     .await?;
     t.gcs = began.elapsed();
-    // Anonymous requests are refused once the gateway has loaded its identities.
-    wait::until_alive("the SeaweedFS S3 gateway", timeout, alive, || async move {
-        let r = http_get(s3_port, "/").await?;
-        Ok(r.contains("AccessDenied").then_some(()))
-    })
-    .await?;
-    // Writes need a volume: the master must know a volume server with free slots (mini
-    // offers none when the disk is nearly full, and S3 PUTs then hang).
-    let master_port = seaweed.ports.master.0;
-    wait::until_alive(
-        "SeaweedFS to offer writable volumes (master /dir/status Topology.Max > 0)",
-        timeout,
-        alive,
-        || async move {
-            let r = http_get(master_port, "/dir/status").await?;
-            let body = r.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-            let status: serde_json::Value =
-                serde_json::from_str(body).with_context(|| format!("master said {r}"))?;
-            let max = status["Topology"]["Max"].as_u64().unwrap_or(0);
-            ensure!(max > 0, "no volume slots yet (is the disk full?): {body}");
-            Ok(Some(()))
-        },
-    )
-    .await?;
-    // The admin server starts last; weed stopped while it is still starting has taken
-    // over 5 s to exit (about 2 s otherwise), so start-up waits for it too.
-    let admin_grpc = seaweed.ports.admin.1;
-    wait::until_alive(
-        "the SeaweedFS admin server",
-        timeout,
-        alive,
-        || async move { Ok(ports::is_listening(admin_grpc).then_some(())) },
-    )
-    .await?;
+    seaweed.wait_ready(timeout, alive).await?;
     t.s3 = began.elapsed();
     // Trusted over the socket: creates the database once the server accepts queries.
     let psql = bins.pg("psql");
@@ -774,6 +802,96 @@ pub(crate) async fn start(
         },
         t,
     ))
+}
+
+/// A SeaweedFS of a test's own, beside the shared one, that the test stops and starts
+/// again on the same ports and data directory: the evidence store's fault tests take S3
+/// down mid-run with it. Its log is `<dir>.log`; it is stopped on drop, so that a failing
+/// test leaves nothing running.
+#[derive(Debug)]
+pub struct OwnSeaweed {
+    weed: PathBuf,
+    settings: Seaweed,
+    tmp: PathBuf,
+    log: PathBuf,
+    s3: S3,
+    process: Option<Process>,
+}
+
+impl OwnSeaweed {
+    /// Starts one with its data in `dir` (created; use a directory in the run
+    /// directory) and waits until it takes writes.
+    pub async fn start(dir: &Path) -> Result<Self> {
+        let bins = StoreBins::locate()?;
+        let (settings, access_key, secret_key) =
+            Seaweed::prepare(dir, &dir.with_extension("s3.json"), &[])?;
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        let s3 = S3 {
+            endpoint: format!("http://{LOOPBACK}:{}", settings.ports.s3.0),
+            access_key,
+            secret_key,
+            data_dir: dir.to_path_buf(),
+            pid: 0,
+        };
+        let mut me = Self {
+            weed: bins.weed(),
+            settings,
+            tmp,
+            log: dir.with_extension("log"),
+            s3,
+            process: None,
+        };
+        me.restart().await?;
+        Ok(me)
+    }
+
+    /// How to reach its S3 gateway (the pid is the current process's).
+    pub fn s3(&self) -> &S3 {
+        &self.s3
+    }
+
+    /// Whether it is running.
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+
+    /// Stops it (SIGTERM, then SIGKILL after the grace period); nothing if stopped.
+    pub fn stop(&mut self) -> Option<Stopped> {
+        self.process
+            .take()
+            .map(|mut p| p.stop(crate::process::DEFAULT_GRACE))
+    }
+
+    /// Starts it again on the same ports and data directory (if stopped) and waits
+    /// until it takes writes.
+    pub async fn restart(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let mut cmd = Command::new(&self.weed);
+        cmd.args(self.settings.args())
+            .current_dir(&self.settings.dir)
+            .env("TMPDIR", &self.tmp);
+        let p = Process::spawn("seaweedfs-own", cmd, &self.log)?;
+        self.s3.pid = p.pid();
+        let p = self.process.insert(p);
+        let ready = self
+            .settings
+            .wait_ready(Duration::from_secs(60), || p.check_running())
+            .await;
+        if let Err(e) = ready {
+            self.stop();
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OwnSeaweed {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 #[cfg(test)]
