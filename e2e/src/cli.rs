@@ -40,6 +40,25 @@ enum Cmd {
     /// GPU node, apply config/samples, print the attestations once the operator judged
     /// them, and keep running until Ctrl-C.
     Up(UpArgs),
+    /// Build the operator, agent and webhook container images as archives
+    /// (`<out>/{operator,agent,webhook}.tar`, named ghcr.io/lotabots/<name>:<version>),
+    /// with crane and no container engine, from binaries cargo built; prints their sizes.
+    Images(ImagesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ImagesArgs {
+    /// Where lotabots-operator, lotabots-agent and lotabots-webhook are (default: this
+    /// program's directory, e.g. target/release after
+    /// `cargo build --release -p lotabots-e2e -p lotabots-operator -p lotabots-agent -p lotabots-webhook`).
+    #[arg(long)]
+    bin_dir: Option<std::path::PathBuf>,
+    /// Where to write the archives.
+    #[arg(long, default_value = "target/images")]
+    out: std::path::PathBuf,
+    /// The commit for org.opencontainers.image.revision (default: `git rev-parse HEAD`).
+    #[arg(long)]
+    revision: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +89,7 @@ impl Args {
         };
         let res = match args.command {
             Cmd::Up(up_args) => rt.block_on(up(up_args)),
+            Cmd::Images(images_args) => images(images_args),
         };
         match res {
             Ok(()) => ExitCode::SUCCESS,
@@ -79,6 +99,35 @@ impl Args {
             }
         }
     }
+}
+
+fn images(args: ImagesArgs) -> Result<()> {
+    let bin_dir = match args.bin_dir {
+        Some(dir) => dir,
+        None => std::env::current_exe()?
+            .parent()
+            .map(std::path::Path::to_path_buf)
+            .unwrap_or_default(),
+    };
+    let opts = crate::images::BuildOptions::release(bin_dir, args.out, args.revision)?;
+    let built = crate::images::build_all(&opts)?;
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
+    let rows: Vec<Vec<String>> = built
+        .iter()
+        .map(|i| {
+            vec![
+                i.reference.clone(),
+                i.archive.display().to_string(),
+                mib(i.archive_bytes),
+                mib(i.unpacked_bytes),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        crate::table::render(&["IMAGE", "ARCHIVE", "SIZE", "UNPACKED"], &rows)
+    );
+    Ok(())
 }
 
 fn fleet(h100_nodes: usize) -> Vec<SimNode> {

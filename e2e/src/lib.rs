@@ -19,6 +19,7 @@ pub mod cli;
 pub mod components;
 pub mod control_plane;
 pub mod hygiene;
+pub mod images;
 pub mod kubeconfig;
 pub mod nodes;
 pub mod overview;

@@ -4,7 +4,7 @@
 //! and install tests make between them.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     io::Write,
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -35,6 +35,127 @@ pub fn config_default() -> PathBuf {
 /// `e2e/overlays/install`: config/default with the webhook registered by 127.0.0.1 URL.
 pub fn e2e_overlay() -> PathBuf {
     repo_root().join("e2e/overlays/install")
+}
+
+/// `e2e/overlays/prometheus`: config/default with the config/prometheus component.
+pub fn prometheus_overlay() -> PathBuf {
+    repo_root().join("e2e/overlays/prometheus")
+}
+
+/// The chart's values that render what [`prometheus_overlay`] adds.
+pub const HELM_PROMETHEUS: &[&str] = &[
+    "--set",
+    "metrics.serviceMonitor.enabled=true",
+    "--set",
+    "metrics.prometheusRule.enabled=true",
+];
+
+/// The Prometheus Operator CRDs for ServiceMonitor and PrometheusRule, vendored in
+/// `e2e/testbins/prometheus-operator/` (see its README for the source and pin).
+pub fn prometheus_operator_crds() -> Vec<PathBuf> {
+    let dir = repo_root().join("e2e/testbins/prometheus-operator");
+    ["servicemonitors", "prometheusrules"]
+        .iter()
+        .map(|p| dir.join(format!("monitoring.coreos.com_{p}.yaml")))
+        .collect()
+}
+
+/// One alerting or recording rule as `promrules` (e2e/testbins/packaging) prints it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PromRule {
+    /// `namespace/name` of the PrometheusRule.
+    pub object: String,
+    /// The rule group.
+    pub group: String,
+    /// The alert's name (empty for a recording rule).
+    #[serde(default)]
+    pub alert: String,
+    /// The expression.
+    pub expr: String,
+    /// `for`, as Prometheus prints durations (empty when none).
+    #[serde(default, rename = "for")]
+    pub for_: String,
+    /// Labels added to the alert.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// The metric names the expression selects.
+    pub metrics: Vec<String>,
+}
+
+/// Checks the PrometheusRule objects in `file` as Prometheus loads rules (`promrules`,
+/// built on Prometheus's rulefmt and PromQL parser) and returns their rules; an invalid
+/// rule is an error with promrules' explanation.
+pub fn prom_rules(file: &Path) -> Result<Vec<PromRule>> {
+    let tool = crate::images::packaging_tool("promrules")?;
+    let out = run(&tool, &[&file.display().to_string()], None)?.ok()?;
+    serde_json::from_str(&out).context("parsing promrules output")
+}
+
+/// The metric names our binaries define: every `"lotabots_…"` string literal in the
+/// sources of the agent, the operator (with the crates under `operator/`) and the webhook.
+/// A histogram's `_bucket`, `_sum` and `_count` series follow from its name.
+pub fn exported_metrics() -> Result<BTreeSet<String>> {
+    let root = repo_root();
+    let mut dirs = vec![root.join("agent/src"), root.join("webhook/src")];
+    for entry in std::fs::read_dir(root.join("operator"))? {
+        let dir = entry?.path();
+        if dir.join("Cargo.toml").is_file() {
+            dirs.push(dir.join("src"));
+        }
+    }
+    dirs.push(root.join("operator/src"));
+    let mut names = BTreeSet::new();
+    let mut stack = dirs;
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path)?;
+                names.extend(metric_literals(&text));
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// The `"lotabots_[a-z0-9_]+"` string literals of a source text.
+fn metric_literals(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.match_indices("\"lotabots_").filter_map(|(at, _)| {
+        let rest = &text[at + 1..];
+        let end =
+            rest.find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))?;
+        rest[end..].starts_with('"').then(|| rest[..end].to_owned())
+    })
+}
+
+/// The metrics `rules` select that are neither in `exported` (a histogram's series
+/// counted by its name) nor Prometheus's own `up`: `alert: metric` each.
+pub fn unexported(rules: &[PromRule], exported: &BTreeSet<String>) -> Vec<String> {
+    let known = |m: &str| {
+        m == "up"
+            || exported.contains(m)
+            || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                m.strip_suffix(s)
+                    .is_some_and(|base| exported.contains(base))
+            })
+    };
+    rules
+        .iter()
+        .flat_map(|r| {
+            r.metrics
+                .iter()
+                .filter(|m| !known(m))
+                .map(|m| format!("{}: {m}", r.alert))
+        })
+        .collect()
 }
 
 /// Runs `program args` (stdin `input`, if any) and returns stdout; fails with stderr.
@@ -275,6 +396,41 @@ mod tests {
             first_difference(&json!({"a": 1}), &json!({}))
                 .unwrap()
                 .starts_with("/a")
+        );
+    }
+
+    #[test]
+    fn metric_literals_are_whole_string_literals() {
+        let src = r#"Opts::new("lotabots_gpu_nodes", "help"); "lotabots_x{a}"; // lotabots_y
+            let name = "lotabots_agent_probes_total";"#;
+        assert_eq!(
+            metric_literals(src).collect::<Vec<_>>(),
+            ["lotabots_gpu_nodes", "lotabots_agent_probes_total"]
+        );
+    }
+
+    #[test]
+    fn unexported_names_what_no_binary_exports() {
+        let rule = |alert: &str, metrics: &[&str]| PromRule {
+            object: "ns/r".into(),
+            group: "g".into(),
+            alert: alert.into(),
+            expr: String::new(),
+            for_: String::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
+            metrics: metrics.iter().map(|m| m.to_string()).collect(),
+        };
+        let exported: BTreeSet<String> = ["lotabots_a", "lotabots_d_seconds"]
+            .map(str::to_owned)
+            .into();
+        let rules = [
+            rule("A", &["lotabots_a", "up", "lotabots_d_seconds_bucket"]),
+            rule("B", &["lotabots_made_up_total", "lotabots_a_count_total"]),
+        ];
+        assert_eq!(
+            unexported(&rules, &exported),
+            ["B: lotabots_made_up_total", "B: lotabots_a_count_total"]
         );
     }
 

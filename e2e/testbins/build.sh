@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Builds the pinned e2e test binaries (kube-apiserver, kube-controller-manager,
-# kube-scheduler, kubectl, etcd, kwok, helm) from the Go modules pinned in
-# go.mod/go.sum and extra/go.mod/extra/go.sum, into a content-addressed cache
-# outside the repo:
+# kube-scheduler, kubectl, etcd, kwok, helm; crane and promrules for packaging)
+# from the Go modules pinned in go.mod/go.sum, extra/go.mod/extra/go.sum and
+# packaging/go.mod/packaging/go.sum, into a content-addressed cache outside the repo:
 #
 #   ${LOTABOTS_CACHE:-$HOME/.cache/lotabots}/testbins/<key>/bin/<binary>
 #   ${LOTABOTS_CACHE:-$HOME/.cache/lotabots}/testbins/<key>/kwok-stages.yaml
 #
 # <key> = first 16 hex of sha256 over (go.mod, go.sum, extra/go.mod,
-# extra/go.sum, build.sh). Warm run: builds nothing, prints only the path.
+# extra/go.sum, packaging/go.mod, packaging/go.sum, packaging/promrules/main.go,
+# build.sh). Warm run: builds nothing, prints only the path.
 # Progress goes to stderr; the last (only) line on stdout is the cache dir, so
 #   dir=$(e2e/testbins/build.sh | tail -1)
 # works. Binaries are built to a temp name and renamed on success.
@@ -17,7 +18,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
-key_files=(go.mod go.sum extra/go.mod extra/go.sum build.sh)
+key_files=(go.mod go.sum extra/go.mod extra/go.sum packaging/go.mod packaging/go.sum
+           packaging/promrules/main.go build.sh)
 key="$(sha256sum "${key_files[@]}" | sha256sum | cut -c1-16)"
 cache_root="${LOTABOTS_CACHE:-$HOME/.cache/lotabots}"
 out="$cache_root/testbins/$key"
@@ -32,6 +34,8 @@ targets=(
   "etcd                    .      go.etcd.io/etcd/server/v3"
   "kwok                    extra  sigs.k8s.io/kwok/cmd/kwok"
   "helm                    extra  helm.sh/helm/v3/cmd/helm"
+  "crane                   packaging  github.com/google/go-containerregistry/cmd/crane"
+  "promrules               packaging  ./promrules"
 )
 
 # Fast path: everything present -> no go invocation at all.

@@ -11,8 +11,15 @@
 //!   policy, and still pass without its blanket `lotabots-system` namespace exemption: the
 //!   agent needs its ServiceAccount's gpuIsolation exemption, and nothing else.
 //!
-//! No control plane: the pinned kubectl and helm of `e2e/testbins` only (see
-//! `tests/install.rs` for the real API server).
+//! - Prometheus (`config/prometheus`, opt-in): the chart's `files/prometheusrule.yaml` is
+//!   `config/prometheus/prometheusrule.yaml`; with `metrics.*.enabled` the chart renders
+//!   what `e2e/overlays/prometheus` (config/default plus the component) does; every alert
+//!   loads as Prometheus loads rules (`promrules`: Prometheus's rulefmt and PromQL
+//!   parser), selects only metrics our binaries define, and the ServiceMonitor reaches
+//!   the metrics port of all three components.
+//!
+//! No control plane: the pinned kubectl, helm and promrules of `e2e/testbins` only (see
+//! `tests/install.rs` and `tests/monitoring.rs` for the real API server).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -129,6 +136,16 @@ fn values_schema_rejects_bad_values_naming_them() {
         ),
         ("webhook.caBundle=not*base64", "/webhook/caBundle", ""),
         ("replicas=2", "additional properties 'replicas'", ""),
+        (
+            "metrics.serviceMonitor.enabled=yes",
+            "/metrics/serviceMonitor/enabled",
+            "boolean",
+        ),
+        (
+            "metrics.serviceMonitor.interval=soon",
+            "/metrics/serviceMonitor/interval",
+            "",
+        ),
     ] {
         let out = packaging::helm_template(&["--set", set]).expect("helm runs");
         assert!(!out.success, "--set {set} was accepted");
@@ -168,10 +185,9 @@ fn values_schema_rejects_bad_values_naming_them() {
     );
 }
 
-#[test]
-fn helm_template_and_kustomize_render_the_same_objects() {
-    let kust = kustomized();
-    let helm = helm_rendered(&[]);
+/// `kust` (kustomize) and `helm` hold the same objects — kinds, names, RBAC rules and
+/// bindings, and every field but labels — the Namespace excepted.
+fn assert_same_objects(kust: &[Value], helm: &[Value]) {
     let kust_keys: BTreeSet<String> = kust
         .iter()
         .filter(|o| o["kind"] != "Namespace")
@@ -189,15 +205,35 @@ fn helm_template_and_kustomize_render_the_same_objects() {
             .collect::<Vec<_>>(),
         [format!("Namespace /{NAMESPACE}")]
     );
-
-    let rules = packaging::rbac_rules(&kust);
     assert_eq!(
-        rules,
-        packaging::rbac_rules(&helm),
+        packaging::rbac_rules(kust),
+        packaging::rbac_rules(helm),
         "RBAC rules differ (left: kustomize, right: helm)"
     );
     assert_eq!(
-        rules.keys().collect::<Vec<_>>(),
+        packaging::bindings(kust),
+        packaging::bindings(helm),
+        "bindings differ"
+    );
+    // Everything else too, field by field (labels aside).
+    let helm_by_key = packaging::by_key(helm);
+    for obj in kust.iter().filter(|o| o["kind"] != "Namespace") {
+        let k = packaging::key(obj);
+        let a = packaging::comparable(obj);
+        let b = packaging::comparable(&helm_by_key[&k]);
+        if let Some(d) = packaging::first_difference(&a, &b) {
+            panic!("{k} differs between kustomize and helm at {d}");
+        }
+    }
+}
+
+#[test]
+fn helm_template_and_kustomize_render_the_same_objects() {
+    let kust = kustomized();
+    let helm = helm_rendered(&[]);
+    assert_same_objects(&kust, &helm);
+    assert_eq!(
+        packaging::rbac_rules(&kust).keys().collect::<Vec<_>>(),
         [
             "ClusterRole /lotabots-agent",
             "ClusterRole /lotabots-operator",
@@ -206,21 +242,17 @@ fn helm_template_and_kustomize_render_the_same_objects() {
         ],
         "one role per component that needs one; none for the webhook"
     );
-    assert_eq!(
-        packaging::bindings(&kust),
-        packaging::bindings(&helm),
-        "bindings differ"
-    );
-
-    // Everything else too, field by field (labels aside).
-    let helm_by_key = packaging::by_key(&helm);
-    for obj in kust.iter().filter(|o| o["kind"] != "Namespace") {
-        let k = packaging::key(obj);
-        let a = packaging::comparable(obj);
-        let b = packaging::comparable(&helm_by_key[&k]);
-        if let Some(d) = packaging::first_difference(&a, &b) {
-            panic!("{k} differs between kustomize and helm at {d}");
-        }
+    // Monitoring is opt-in: nothing of the Prometheus Operator by default.
+    for obj in kust.iter().chain(&helm) {
+        assert!(
+            !obj["apiVersion"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("monitoring.coreos.com/")
+                && obj["metadata"]["name"] != "lotabots-agent-metrics",
+            "{} is rendered by default",
+            packaging::key(obj)
+        );
     }
 
     // Every image is pinned to the version.
@@ -359,4 +391,236 @@ fn rendered_workloads_pass_the_default_policy_the_agent_by_its_service_account_o
             }
         }
     }
+}
+
+#[test]
+fn chart_prometheus_rule_is_config_prometheus() {
+    let root = repo_root();
+    let config =
+        std::fs::read_to_string(root.join("config/prometheus/prometheusrule.yaml")).unwrap();
+    let chart =
+        std::fs::read_to_string(root.join("helm/lotabots/files/prometheusrule.yaml")).unwrap();
+    assert!(
+        config == chart,
+        "helm/lotabots/files/prometheusrule.yaml differs from config/prometheus/prometheusrule.yaml: \
+         cp config/prometheus/prometheusrule.yaml helm/lotabots/files/"
+    );
+}
+
+fn prometheus_overlay() -> Vec<Value> {
+    let text = packaging::kustomize(&packaging::prometheus_overlay()).expect("kustomize");
+    packaging::documents(&text).expect("kustomize output parses")
+}
+
+#[test]
+fn with_metrics_enabled_helm_renders_what_the_prometheus_overlay_adds() {
+    let kust = prometheus_overlay();
+    let helm = helm_rendered(packaging::HELM_PROMETHEUS);
+    assert_same_objects(&kust, &helm);
+    let added: BTreeSet<String> = kust
+        .iter()
+        .map(packaging::key)
+        .filter(|k| !kustomized().iter().any(|o| packaging::key(o) == *k))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            "PrometheusRule lotabots-system/lotabots",
+            "Service lotabots-system/lotabots-agent-metrics",
+            "ServiceMonitor lotabots-system/lotabots",
+        ]
+        .map(str::to_owned)
+        .into()
+    );
+    // Extra labels reach the objects a Prometheus selects by label.
+    let labelled = helm_rendered(&[
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=kps",
+        "--set",
+        "metrics.prometheusRule.enabled=true",
+        "--set",
+        "metrics.prometheusRule.labels.release=kps",
+    ]);
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let obj = packaging::of_kinds(&labelled, &[kind])[0];
+        assert_eq!(obj["metadata"]["labels"]["release"], "kps", "{kind}");
+    }
+}
+
+/// The rules of `objs` through promrules (which fails on any rule Prometheus would not
+/// load).
+fn checked_rules(objs: &[Value]) -> Vec<packaging::PromRule> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rendered.yaml");
+    std::fs::write(&file, as_yaml_stream(objs)).unwrap();
+    packaging::prom_rules(&file).expect("the rules load as Prometheus loads them")
+}
+
+fn as_yaml_stream(objs: &[Value]) -> String {
+    objs.iter()
+        .map(|o| format!("---\n{}", serde_yaml::to_string(o).unwrap()))
+        .collect()
+}
+
+#[test]
+fn alerts_load_in_prometheus_and_select_only_metrics_we_export() {
+    let from_config = checked_rules(&prometheus_overlay());
+    let from_chart = checked_rules(&helm_rendered(packaging::HELM_PROMETHEUS));
+    assert_eq!(from_config, from_chart, "the chart's rules are config's");
+
+    let exported = packaging::exported_metrics().unwrap();
+    for must in [
+        "lotabots_gpu_nodes",
+        "lotabots_agent_submissions_total",
+        "lotabots_certificate_expiry_timestamp_seconds",
+    ] {
+        assert!(
+            exported.contains(must),
+            "{must} is not defined in the sources"
+        );
+    }
+    assert_eq!(
+        packaging::unexported(&from_config, &exported),
+        Vec::<String>::new(),
+        "alerts select metrics no binary exports"
+    );
+
+    let alerts: BTreeMap<&str, &packaging::PromRule> =
+        from_config.iter().map(|r| (r.alert.as_str(), r)).collect();
+    assert_eq!(alerts.len(), from_config.len(), "alert names are unique");
+    for (name, rule) in &alerts {
+        assert!(name.starts_with("Lotabots"), "{name}");
+        assert!(
+            ["warning", "critical"].contains(&rule.labels["severity"].as_str()),
+            "{name}: severity {:?}",
+            rule.labels.get("severity")
+        );
+        for a in ["summary", "description"] {
+            assert!(
+                rule.annotations
+                    .get(a)
+                    .is_some_and(|t| !t.trim().is_empty()),
+                "{name}: no {a}"
+            );
+        }
+        assert!(
+            !rule.for_.is_empty(),
+            "{name}: fires on a single evaluation"
+        );
+    }
+    // The four concerns, by the metrics they watch.
+    for (concern, metric) in [
+        ("attestation failed", "lotabots_gpu_nodes"),
+        ("evidence stale", "lotabots_evidence_submissions_total"),
+        ("agents silent", "up"),
+        ("store backlog", "lotabots_store_outbox_pending"),
+        ("store uploads", "lotabots_store_uploads_total"),
+        (
+            "certificate expiring",
+            "lotabots_certificate_expiry_timestamp_seconds",
+        ),
+    ] {
+        assert!(
+            from_config
+                .iter()
+                .any(|r| r.metrics.iter().any(|m| m == metric)),
+            "no alert for {concern} ({metric})"
+        );
+    }
+    assert!(
+        alerts["LotabotsGpuAttestationFailed"]
+            .expr
+            .contains(r#"verdict="Failed""#)
+    );
+    assert!(
+        alerts["LotabotsGpuEvidenceStale"]
+            .expr
+            .contains(r#"verdict="Unknown""#)
+    );
+}
+
+#[test]
+fn promrules_refuses_what_prometheus_would_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        r#"apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata: {name: bad, namespace: ns}
+spec:
+  groups:
+    - name: g
+      rules:
+        - alert: Broken
+          expr: sum(rate(lotabots_gpu_nodes[5m])
+"#,
+    )
+    .unwrap();
+    let err = packaging::prom_rules(&file).unwrap_err().to_string();
+    assert!(
+        err.contains("Broken") && err.contains("parse error"),
+        "promrules did not name the broken rule: {err}"
+    );
+}
+
+#[test]
+fn the_service_monitor_scrapes_all_three_components() {
+    let objs = prometheus_overlay();
+    let monitor = packaging::of_kinds(&objs, &["ServiceMonitor"])[0];
+    let selector = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap();
+    let endpoints = monitor["spec"]["endpoints"].as_array().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let port_name = endpoints[0]["port"].as_str().unwrap();
+    assert_eq!(endpoints[0]["path"], "/metrics");
+    let job_label = monitor["spec"]["jobLabel"].as_str().unwrap();
+
+    let mut scraped = BTreeMap::new();
+    for svc in packaging::of_kinds(&objs, &["Service"]) {
+        let labels = &svc["metadata"]["labels"];
+        if !selector.iter().all(|(k, v)| labels[k] == *v) {
+            continue;
+        }
+        let port = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == port_name)
+            .unwrap_or_else(|| panic!("{}: no port {port_name}", packaging::key(svc)));
+        // The Service's selector picks a workload whose container has that target port.
+        let target = port["targetPort"].as_str().unwrap();
+        let pods = svc["spec"]["selector"].as_object().unwrap();
+        let workload = packaging::of_kinds(&objs, &["Deployment", "DaemonSet"])
+            .into_iter()
+            .find(|w| {
+                let l = &w["spec"]["template"]["metadata"]["labels"];
+                pods.iter().all(|(k, v)| l[k] == *v)
+            })
+            .unwrap_or_else(|| panic!("{} selects no workload", packaging::key(svc)));
+        let container_port = workload["spec"]["template"]["spec"]["containers"][0]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == target)
+            .unwrap_or_else(|| panic!("{}: no container port {target}", packaging::key(workload)));
+        scraped.insert(
+            labels[job_label].as_str().unwrap().to_owned(),
+            container_port["containerPort"].as_u64().unwrap(),
+        );
+    }
+    // The ports the binaries serve /metrics on (operator --probe-addr, webhook ops,
+    // agent LOTABOTS_METRICS_ADDR).
+    assert_eq!(
+        scraped,
+        [
+            ("lotabots-agent".to_owned(), 9402),
+            ("lotabots-operator".to_owned(), 8080),
+            ("lotabots-webhook".to_owned(), 8080),
+        ]
+        .into()
+    );
 }

@@ -236,6 +236,13 @@ fn set_validity(params: &mut CertificateParams, now: Timestamp, lifetime: Durati
     params.not_after = at(now + lifetime);
 }
 
+/// When the first certificate of a PEM text expires; `None` when it does not parse.
+pub fn expiry(pem: &[u8]) -> Option<Timestamp> {
+    let der = pem_der(pem).ok()?;
+    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+    Some(not_after(&cert))
+}
+
 fn not_after(cert: &X509Certificate<'_>) -> Timestamp {
     Timestamp::from_second(cert.validity().not_after.timestamp()).unwrap_or(Timestamp::MIN)
 }
@@ -268,8 +275,29 @@ pub async fn reconcile(
     cfg: &PkiConfig,
     now: Timestamp,
 ) -> Result<Vec<String>, PkiError> {
+    Ok(reconcile_round(client, cfg, now).await?.changes)
+}
+
+/// What one [`reconcile_round`] did, and where the certificates stand after it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// What changed (empty when nothing did).
+    pub changes: Vec<String>,
+    /// When each certificate expires, by the Secret holding it (the CA's included), as
+    /// kept or issued in this round.
+    pub expiries: BTreeMap<String, Timestamp>,
+}
+
+/// [`reconcile`], also reporting when each certificate expires (for
+/// `lotabots_certificate_expiry_timestamp_seconds`).
+pub async fn reconcile_round(
+    client: &Client,
+    cfg: &PkiConfig,
+    now: Timestamp,
+) -> Result<Round, PkiError> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &cfg.namespace);
     let mut changed = Vec::new();
+    let mut expiries = BTreeMap::new();
     let stored_ca = secrets.get_opt(&cfg.ca_secret).await?;
     let data = |s: &Option<Secret>, k: &str| {
         s.as_ref()
@@ -295,6 +323,9 @@ pub async fn reconcile(
         String::from_utf8(ca_cert.unwrap_or_default()).unwrap_or_default(),
         String::from_utf8(ca_key.unwrap_or_default()).unwrap_or_default(),
     );
+    if let Some(t) = expiry(ca_cert.as_bytes()) {
+        expiries.insert(cfg.ca_secret.clone(), t);
+    }
     for serving in &cfg.serving {
         let stored = secrets.get_opt(&serving.secret).await?;
         let leaf = data(&stored, CERT_KEY);
@@ -306,10 +337,16 @@ pub async fn reconcile(
             now,
         );
         let published_ca = data(&stored, CA_KEY);
+        if let Renewal::Keep(t) = renewal {
+            expiries.insert(serving.secret.clone(), t);
+        }
         let (cert, key, what) = match renewal {
             Renewal::Issue(why) => {
                 let (cert, key) =
                     new_leaf(&ca_cert, &ca_key, &serving.dns_names, now, cfg.lifetime)?;
+                if let Some(t) = expiry(cert.as_bytes()) {
+                    expiries.insert(serving.secret.clone(), t);
+                }
                 (cert, key, format!("new certificate ({why})"))
             }
             // Kept, but the Secret's ca.crt (what clients of this service trust) lags.
@@ -380,7 +417,10 @@ pub async fn reconcile(
             }
         }
     }
-    Ok(changed)
+    Ok(Round {
+        changes: changed,
+        expiries,
+    })
 }
 
 fn apply_params() -> PatchParams {
@@ -445,6 +485,27 @@ mod tests {
 
     fn after(t: Timestamp, d: Duration) -> Timestamp {
         t + jiff::SignedDuration::try_from(d).unwrap()
+    }
+
+    #[test]
+    fn expiry_is_the_not_after_of_what_was_issued() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let (ca, ca_key) = new_ca(now).unwrap();
+        assert_eq!(expiry(ca.as_bytes()), Some(after(now, CA_LIFETIME)));
+        let (leaf, _) = new_leaf(&ca, &ca_key, &names(), now, 90 * DAY).unwrap();
+        assert_eq!(expiry(leaf.as_bytes()), Some(after(now, 90 * DAY)));
+        // What check_leaf keeps is the same instant.
+        assert_eq!(
+            check_leaf(
+                Some(leaf.as_bytes()),
+                ca.as_bytes(),
+                &names(),
+                90 * DAY,
+                now
+            ),
+            Renewal::Keep(after(now, 90 * DAY))
+        );
+        assert_eq!(expiry(b"not a certificate"), None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The controller's Prometheus metrics.
+//! The controller's Prometheus metrics, and the expiry of the certificates it keeps.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use lotabots_crds::gpu_attestation::Verdict;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
@@ -90,5 +92,82 @@ impl ControllerMetrics {
         for v in VERDICTS {
             let _ = self.nodes.remove_label_values(&[attestation, v.as_str()]);
         }
+    }
+}
+
+/// When each certificate the operator keeps (`--manage-certificates`) expires, so that
+/// an alert can fire well before a renewal that keeps failing lets one lapse.
+#[derive(Clone)]
+pub struct CertificateMetrics {
+    expiry: IntGaugeVec,
+}
+
+impl CertificateMetrics {
+    /// Registers `lotabots_certificate_expiry_timestamp_seconds{secret}` in `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let expiry = IntGaugeVec::new(
+            Opts::new(
+                "lotabots_certificate_expiry_timestamp_seconds",
+                "When the certificate in the Secret expires (Unix time), as last issued or found valid",
+            ),
+            &["secret"],
+        )?;
+        registry.register(Box::new(expiry.clone()))?;
+        Ok(Self { expiry })
+    }
+
+    /// Records the expiries of one certificate round (`certs::Round::expiries`).
+    pub fn observe(&self, expiries: &BTreeMap<String, Timestamp>) {
+        for (secret, at) in expiries {
+            self.expiry.with_label_values(&[secret]).set(at.as_second());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiry_series(registry: &Registry) -> BTreeMap<String, f64> {
+        registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "lotabots_certificate_expiry_timestamp_seconds")
+            .flat_map(|f| f.get_metric().iter())
+            .map(|m| {
+                (
+                    m.get_label()[0].value().to_owned(),
+                    m.get_gauge().get_value(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn certificate_expiries_are_exported_by_secret_and_follow_renewals() {
+        let registry = Registry::new();
+        let metrics = CertificateMetrics::register(&registry).unwrap();
+        assert!(
+            expiry_series(&registry).is_empty(),
+            "no series before a round"
+        );
+        let at = |s| Timestamp::from_second(s).unwrap();
+        metrics.observe(
+            &[
+                ("lotabots-ca".to_owned(), at(2_100_000_000)),
+                ("lotabots-webhook-tls".to_owned(), at(1_807_776_000)),
+            ]
+            .into(),
+        );
+        // A renewal moves the webhook's expiry; the CA's stays.
+        metrics.observe(&[("lotabots-webhook-tls".to_owned(), at(1_815_552_000))].into());
+        assert_eq!(
+            expiry_series(&registry),
+            [
+                ("lotabots-ca".to_owned(), 2_100_000_000.0),
+                ("lotabots-webhook-tls".to_owned(), 1_815_552_000.0),
+            ]
+            .into()
+        );
     }
 }
