@@ -21,6 +21,7 @@ use lotabots_agent::server::AgentState;
 use lotabots_operator::auth::TokenReviewAuthenticator;
 use lotabots_operator::controller::{self, Settings};
 use lotabots_operator::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
+use lotabots_operator::evidence_store::VerdictLog;
 use lotabots_operator::metrics::ControllerMetrics;
 use tokio::task::JoinHandle;
 
@@ -46,6 +47,16 @@ impl Operator {
     /// Starts the evidence API and the controller; agents of the ServiceAccounts `agents`
     /// (`namespace/name`) may submit. Simulated evidence is accepted: there is no GPU here.
     pub async fn start(client: kube::Client, agents: Vec<String>) -> Result<Self> {
+        Self::start_recording(client, agents, None).await
+    }
+
+    /// [`Operator::start`], recording every verdict change in `verdict_log` (the
+    /// evidence store) when one is given.
+    pub async fn start_recording(
+        client: kube::Client,
+        agents: Vec<String>,
+        verdict_log: Option<Arc<dyn VerdictLog>>,
+    ) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
         let tls = RustlsConfig::from_pem(
@@ -78,6 +89,7 @@ impl Operator {
             allow_simulated: true,
             resync: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
+            reference_bundle: None,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let reporter = Reporter {
@@ -90,6 +102,7 @@ impl Operator {
             settings,
             ControllerMetrics::register(&registry)?,
             reporter,
+            verdict_log,
             async move {
                 let _ = stopped.await;
             },

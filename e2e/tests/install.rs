@@ -441,9 +441,10 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
             "gpuattestations.lotabots.io",
             &["get", "list", "watch", "patch"],
         ),
+        // The client API creates ModelAttestations on callers' behalf.
         perm(
             "modelattestations.lotabots.io",
-            &["get", "list", "watch", "patch"],
+            &["create", "get", "list", "watch", "patch"],
         ),
         perm("gpuattestations.lotabots.io/status", &["patch"]),
         perm("modelattestations.lotabots.io/status", &["patch"]),
@@ -456,6 +457,10 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         perm_named("secrets", "[lotabots-ca]", &["get", "patch"]),
         perm_named("secrets", "[lotabots-operator-tls]", &["get", "patch"]),
         perm_named("secrets", "[lotabots-webhook-tls]", &["get", "patch"]),
+        // The evidence store's key-encryption keys (read only) and the attestation
+        // token signing keys (its own).
+        perm_named("secrets", "[lotabots-bundle-keys]", &["get"]),
+        perm_named("secrets", "[lotabots-token-signing]", &["get", "patch"]),
         perm_named("configmaps", "[lotabots-operator-ca]", &["get", "patch"]),
         perm("secrets", &["create"]),
         perm("configmaps", &["create"]),
@@ -661,6 +666,13 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
             "lotabots-operator",
             "get",
             "secrets/some-app-password",
+            &here,
+            false,
+        ),
+        (
+            "lotabots-operator",
+            "patch",
+            "secrets/lotabots-bundle-keys",
             &here,
             false,
         ),

@@ -372,6 +372,7 @@ fn run_config(
             allow_simulated: true,
             resync: Duration::from_secs(5),
             debounce: Duration::from_millis(200),
+            reference_bundle: None,
         },
         lease: LeaseConfig {
             namespace: ns.into(),
@@ -380,6 +381,8 @@ fn run_config(
             duration: Duration::from_secs(3),
             retry: Duration::from_secs(1),
         },
+        client_api: None,
+        store: Default::default(),
     }
 }
 

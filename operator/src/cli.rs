@@ -29,6 +29,17 @@ enum Command {
     Run(Box<RunFlags>),
     /// Print the CustomResourceDefinitions as YAML (for `kubectl apply -f -`).
     Crd,
+    /// Attest a model offline: its signature (OpenSSF model-signing Sigstore bundle), the
+    /// integrity of every file, and the policy of a ModelAttestation.
+    ///
+    /// Exit 0 when every stage that ran passed, 1 when one failed (every file it objected
+    /// to is named), 2 when the input is unusable.
+    AttestModel(lotabots_model::attest::AttestArgs),
+    /// Print the client API's OpenAPI document (JSON).
+    Openapi,
+    /// Attestation tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Judge one agent evidence document against a GpuAttestation's policy, offline.
     ///
     /// Exit 0 when attested, 1 when failed or unknown (every reason printed), 2 when the
@@ -65,6 +76,50 @@ enum Command {
         /// proves nothing about hardware).
         #[arg(long, env = "LOTABOTS_ALLOW_SIMULATED")]
         allow_simulated: bool,
+        /// Judge confidential-computing reports against this reference bundle (JSON: NVIDIA
+        /// RIMs and OCSP responses, see operator/verifier/REFERENCE_BUNDLE.md).
+        #[arg(long, env = "LOTABOTS_REFERENCE_BUNDLE")]
+        reference_bundle: Option<PathBuf>,
+        /// Accept the bundle's rimRootOverride instead of the pinned NVIDIA RIM root (test
+        /// fleets only).
+        #[arg(
+            long,
+            env = "LOTABOTS_ALLOW_RIM_ROOT_OVERRIDE",
+            requires = "reference_bundle"
+        )]
+        allow_rim_root_override: bool,
+        /// Output format.
+        #[arg(long, value_enum, env = "LOTABOTS_FORMAT", default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Verify an attestation token offline against the operator's JWKS.
+    ///
+    /// Exit 0 when the token is valid and its verdict is Attested, 1 when it is invalid
+    /// or its verdict is not Attested (the reason printed), 2 when the input is unusable.
+    Verify {
+        /// The token (a compact JWS), or `-` to read it from stdin.
+        #[arg(env = "LOTABOTS_TOKEN")]
+        token: String,
+        /// The operator's keys: its `https://…/.well-known/jwks.json`, or a file.
+        #[arg(long, env = "LOTABOTS_JWKS")]
+        jwks: crate::tokens::jwks::JwksSource,
+        /// PEM CA bundle to trust for an https:// --jwks besides the system's roots
+        /// (the operator's CA, ConfigMap lotabots-operator-ca).
+        #[arg(long, env = "LOTABOTS_JWKS_CA")]
+        jwks_ca: Option<PathBuf>,
+        /// Require this issuer (`iss`).
+        #[arg(long, env = "LOTABOTS_TOKEN_ISSUER")]
+        issuer: Option<String>,
+        /// Require this audience (`aud`).
+        #[arg(long, env = "LOTABOTS_TOKEN_AUDIENCE")]
+        audience: Option<String>,
+        /// Clock skew tolerated, in seconds.
+        #[arg(long, env = "LOTABOTS_TOKEN_LEEWAY_SECONDS", default_value_t = 30)]
+        leeway_seconds: u64,
         /// Output format.
         #[arg(long, value_enum, env = "LOTABOTS_FORMAT", default_value_t = Format::Table)]
         format: Format,
@@ -123,6 +178,10 @@ struct RunFlags {
     /// proves nothing about hardware).
     #[arg(long, env = "LOTABOTS_ALLOW_SIMULATED")]
     allow_simulated: bool,
+    /// Judge the GPUs' confidential-computing reports against this reference bundle (JSON:
+    /// NVIDIA RIMs and OCSP responses; e.g. a ConfigMap mounted as a file). Read at start.
+    #[arg(long, env = "LOTABOTS_REFERENCE_BUNDLE")]
+    reference_bundle: Option<PathBuf>,
     /// Namespace of the leader-election Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", default_value = "lotabots-system")]
     lease_namespace: String,
@@ -135,6 +194,10 @@ struct RunFlags {
     /// How long the Lease holds without renewal, in seconds.
     #[arg(long, env = "LOTABOTS_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    #[command(flatten)]
+    client_api: crate::client_api::config::ClientApiFlags,
+    #[command(flatten)]
+    store: crate::evidence_store::StoreArgs,
 }
 
 impl RunFlags {
@@ -147,6 +210,7 @@ impl RunFlags {
                 anyhow::anyhow!("--identity (POD_NAME) is required when HOSTNAME is unset")
             })?;
         let lease = Duration::from_secs(self.lease_seconds.max(3));
+        let client_api = self.client_api.settings(&self.lease_namespace)?;
         Ok(RunConfig {
             listen: self.listen,
             manage_certificates: self.manage_certificates,
@@ -160,6 +224,12 @@ impl RunFlags {
                 allow_simulated: self.allow_simulated,
                 resync: Duration::from_secs(self.resync_seconds.max(1)),
                 debounce: Duration::from_millis(self.debounce_millis),
+                reference_bundle: self
+                    .reference_bundle
+                    .as_deref()
+                    .map(|p| verify_cmd::load_reference_bundle(p, false))
+                    .transpose()?
+                    .map(|(bundle, _)| std::sync::Arc::new(bundle)),
             },
             lease: LeaseConfig {
                 namespace: self.lease_namespace,
@@ -167,6 +237,11 @@ impl RunFlags {
                 identity,
                 duration: lease,
                 retry: lease / 3,
+            },
+            client_api,
+            store: crate::evidence_store::StoreArgs {
+                secrets: crate::evidence_store::StoreSecrets::from_env(),
+                ..self.store
             },
         })
     }
@@ -198,6 +273,30 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Openapi => {
+            print!("{}", crate::client_api::openapi::pretty_json());
+            ExitCode::SUCCESS
+        }
+        Command::Token(TokenCommand::Verify {
+            token,
+            jwks,
+            jwks_ca,
+            issuer,
+            audience,
+            leeway_seconds,
+            format,
+        }) => token_verify(
+            crate::tokens::verify_cmd::TokenVerifyArgs {
+                token,
+                jwks,
+                ca: jwks_ca,
+                issuer,
+                audience,
+                leeway: Duration::from_secs(leeway_seconds),
+            },
+            format,
+        ),
+        Command::AttestModel(args) => lotabots_model::attest::run(&args),
         Command::Crd => {
             for (_, yaml) in lotabots_crds::crdgen::rendered_files() {
                 print!("---\n{yaml}");
@@ -214,6 +313,8 @@ pub fn main() -> ExitCode {
             at,
             max_age_seconds,
             allow_simulated,
+            reference_bundle,
+            allow_rim_root_override,
             format,
         } => {
             let args = VerifyArgs {
@@ -226,6 +327,8 @@ pub fn main() -> ExitCode {
                 at,
                 max_age: Duration::from_secs(max_age_seconds),
                 allow_simulated,
+                reference_bundle,
+                allow_rim_root_override,
             };
             match verify_cmd::verify(&args) {
                 Ok(doc) => {
@@ -244,6 +347,41 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `token verify`: 0 valid and attested, 1 invalid or not attested, 2 unusable input.
+fn token_verify(mut args: crate::tokens::verify_cmd::TokenVerifyArgs, format: Format) -> ExitCode {
+    let fail = |e: String| {
+        eprintln!("lotabots-operator: error: {e}");
+        ExitCode::from(2)
+    };
+    if args.token == "-" {
+        let mut buf = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf) {
+            return fail(format!("reading the token from stdin: {e}"));
+        }
+        args.token = buf;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(e.to_string()),
+    };
+    match runtime.block_on(crate::tokens::verify_cmd::verify(&args)) {
+        Ok(outcome) => {
+            match format {
+                Format::Table => print!("{}", outcome.render_table()),
+                Format::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&outcome.to_json()).expect("JSON serialises")
+                ),
+            }
+            ExitCode::from(outcome.exit_code())
+        }
+        Err(e) => fail(e),
     }
 }
 

@@ -30,8 +30,9 @@ use lotabots_crds::labels;
 use serde_json::json;
 
 use crate::evidence_api::LatestEvidence;
+use crate::evidence_store::VerdictLog;
 use crate::metrics::ControllerMetrics;
-use crate::status::{Judging, build_status, judge_node, stalled_status};
+use crate::status::{Judging, build_status, judge_node_with, stalled_status};
 
 /// The finalizer that removes the node labels a GpuAttestation wrote.
 pub const FINALIZER: &str = "lotabots.io/node-labels";
@@ -39,7 +40,7 @@ pub const FINALIZER: &str = "lotabots.io/node-labels";
 pub const FIELD_MANAGER: &str = "lotabots-operator";
 
 /// How the controller judges and how often it looks again.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// How long past its interval an agent may stay silent.
     pub grace: Duration,
@@ -49,6 +50,10 @@ pub struct Settings {
     pub resync: Duration,
     /// Evidence arriving within this window is judged in one reconcile.
     pub debounce: Duration,
+    /// RIMs and OCSP responses the GPUs' confidential-computing reports are judged with
+    /// (`--reference-bundle`); `None`: measurements and revocation are not checked, and the
+    /// reasons say so.
+    pub reference_bundle: Option<Arc<lotabots_verifier::cc::ReferenceBundle>>,
 }
 
 /// What reconciles share.
@@ -60,6 +65,8 @@ pub struct Context {
     recorder: Recorder,
     metrics: ControllerMetrics,
     failures: Mutex<HashMap<ObjectRef<GpuAttestation>, u32>>,
+    /// Where verdict changes are recorded (the evidence store), if anywhere.
+    verdict_log: Option<Arc<dyn VerdictLog>>,
 }
 
 /// Why a reconcile failed.
@@ -71,6 +78,9 @@ pub enum Error {
     /// The finalizer machinery failed.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// A verdict change could not be recorded in the evidence store.
+    #[error("evidence store: {0:#}")]
+    Store(anyhow::Error),
 }
 
 impl Error {
@@ -79,17 +89,20 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api_status",
             Error::Kube(_) => "api_transport",
             Error::Finalizer(_) => "finalizer",
+            Error::Store(_) => "store",
         }
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves; with a `verdict_log`, every change of
+/// a node's verdict is recorded there before the status shows it.
 pub async fn run(
     client: Client,
     evidence: Arc<LatestEvidence>,
     settings: Settings,
     metrics: ControllerMetrics,
     reporter: Reporter,
+    verdict_log: Option<Arc<dyn VerdictLog>>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let attestations: Api<GpuAttestation> = Api::all(client.clone());
@@ -120,6 +133,7 @@ pub async fn run(
         settings,
         metrics,
         failures: Mutex::default(),
+        verdict_log,
     });
     controller
         .reconcile_all_on(futures::stream::select(
@@ -244,10 +258,18 @@ async fn apply(att: &GpuAttestation, ctx: &Context) -> Result<Action, Error> {
         .map(|n| {
             let node = n.name_any();
             let latest = ctx.evidence.get(&node);
-            judge_node(&node, latest.as_deref(), &att.spec.policy, &judging, now)
+            judge_node_with(
+                &node,
+                latest.as_deref(),
+                &att.spec.policy,
+                &judging,
+                ctx.settings.reference_bundle.as_ref(),
+                now,
+            )
         })
         .collect();
 
+    record_changes(att, &results, ctx).await?;
     publish_changes(att, &results, ctx).await;
     if results.is_empty() && !already_reported_no_match(att) {
         // Ready (nothing to attest) but probably not what was meant: say so once.
@@ -393,6 +415,43 @@ fn already_reported_no_match(att: &GpuAttestation) -> bool {
         })
 }
 
+/// Records every node whose verdict changed since the last status in the evidence store.
+/// A failure fails the reconcile before the status moves on, so the change is recorded
+/// on the retry: no verdict change goes unrecorded (one may be recorded twice when the
+/// status write fails after the record; the audit trail shows both).
+async fn record_changes(
+    att: &GpuAttestation,
+    results: &[crate::status::NodeResult],
+    ctx: &Context,
+) -> Result<(), Error> {
+    let Some(log) = &ctx.verdict_log else {
+        return Ok(());
+    };
+    for r in changed_verdicts(att, results) {
+        let evidence = ctx.evidence.get(&r.node);
+        log.record(att, r, evidence.as_deref())
+            .await
+            .map_err(Error::Store)?;
+    }
+    Ok(())
+}
+
+/// The results whose verdict differs from the one the status shows (new nodes included).
+fn changed_verdicts<'a>(
+    att: &GpuAttestation,
+    results: &'a [crate::status::NodeResult],
+) -> impl Iterator<Item = &'a crate::status::NodeResult> {
+    let before: HashMap<String, Verdict> = att
+        .status
+        .iter()
+        .flat_map(|s| s.nodes.iter())
+        .map(|n| (n.node.clone(), n.verdict))
+        .collect();
+    results
+        .iter()
+        .filter(move |r| before.get(r.node.as_str()) != Some(&r.verdict))
+}
+
 /// At most this many verdict-change Events per reconcile, so that a fleet-wide change
 /// does not flood the API server; the status lists every node regardless.
 const MAX_EVENTS_PER_RECONCILE: usize = 20;
@@ -403,17 +462,8 @@ async fn publish_changes(
     results: &[crate::status::NodeResult],
     ctx: &Context,
 ) {
-    let before: HashMap<&str, Verdict> = att
-        .status
-        .iter()
-        .flat_map(|s| s.nodes.iter())
-        .map(|n| (n.node.as_str(), n.verdict))
-        .collect();
     let reference = att.object_ref(&());
-    let changed = results
-        .iter()
-        .filter(|r| before.get(r.node.as_str()) != Some(&r.verdict));
-    for r in changed.take(MAX_EVENTS_PER_RECONCILE) {
+    for r in changed_verdicts(att, results).take(MAX_EVENTS_PER_RECONCILE) {
         let (type_, reason) = match r.verdict {
             Verdict::Attested => (EventType::Normal, "NodeAttested"),
             Verdict::Failed => (EventType::Warning, "NodeFailed"),
@@ -563,9 +613,39 @@ mod tests {
                 allow_simulated: true,
                 resync: Duration::from_secs(60),
                 debounce: Duration::ZERO,
+                reference_bundle: None,
             },
             metrics: ControllerMetrics::register(&prometheus::Registry::new()).unwrap(),
             failures: Mutex::default(),
+            verdict_log: None,
+        }
+    }
+
+    /// A verdict log in memory: what was recorded, or a failure on demand.
+    #[derive(Default)]
+    struct MemoryLog {
+        recorded: StdMutex<Vec<(String, Verdict, bool)>>,
+        fail: bool,
+    }
+
+    impl VerdictLog for MemoryLog {
+        fn record<'a>(
+            &'a self,
+            _attestation: &'a GpuAttestation,
+            result: &'a crate::status::NodeResult,
+            evidence: Option<&'a AcceptedEvidence>,
+        ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                if self.fail {
+                    anyhow::bail!("database unreachable");
+                }
+                self.recorded.lock().unwrap().push((
+                    result.node.clone(),
+                    result.verdict,
+                    evidence.is_some(),
+                ));
+                Ok(())
+            })
         }
     }
 
@@ -656,6 +736,58 @@ mod tests {
         let events =
             requests(&seen, "POST", "/events").len() + requests(&seen, "PATCH", "/events").len();
         assert_eq!(events, 2, "one event per verdict change");
+    }
+
+    #[tokio::test]
+    async fn verdict_changes_are_recorded_once_and_unchanged_ones_not() {
+        let mut att = attestation(None);
+        att.status = Some(GpuAttestationStatus {
+            nodes: vec![lotabots_crds::gpu_attestation::NodeSummary {
+                node: "same".into(),
+                verdict: Verdict::Failed,
+                reasons: vec![],
+                evidence_digest: None,
+                checked_at: None,
+            }],
+            ..Default::default()
+        });
+        let (client, seen) = api_server(&att, |_, _| None);
+        let log = Arc::new(MemoryLog::default());
+        let mut ctx = context(
+            client,
+            vec![node("same", &[PRESENT]), node("new", &[PRESENT])],
+            &["same", "new"],
+        );
+        ctx.verdict_log = Some(log.clone());
+        apply(&att, &ctx).await.unwrap();
+        // Both fail (no GPU in the evidence): only "new" changed.
+        assert_eq!(
+            *log.recorded.lock().unwrap(),
+            vec![("new".to_string(), Verdict::Failed, true)]
+        );
+        assert_eq!(
+            requests(&seen, "PATCH", "/gpuattestations/fleet/status").len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_verdict_that_cannot_be_recorded_holds_the_status_back() {
+        let att = attestation(None);
+        let (client, seen) = api_server(&att, |_, _| None);
+        let mut ctx = context(client, vec![node("n", &[PRESENT])], &["n"]);
+        ctx.verdict_log = Some(Arc::new(MemoryLog {
+            fail: true,
+            ..Default::default()
+        }));
+        let err = apply(&att, &ctx).await.unwrap_err();
+        assert_eq!(err.category(), "store");
+        assert!(err.to_string().contains("database unreachable"), "{err}");
+        assert!(
+            requests(&seen, "PATCH", "/gpuattestations/fleet/status").is_empty(),
+            "the status must not show a verdict the store did not take"
+        );
+        assert!(requests(&seen, "POST", "/events").is_empty());
     }
 
     #[tokio::test]

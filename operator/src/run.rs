@@ -29,10 +29,12 @@ use prometheus::{Encoder, Registry, TextEncoder};
 
 use crate::auth::TokenReviewAuthenticator;
 use crate::certs::{self, PkiConfig};
+use crate::client_api::audit::AuditTrail;
 use crate::controller::{self, Settings};
 use crate::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
+use crate::evidence_store::{self, VerdictLog};
 use crate::leader::{self, LeaseConfig};
-use crate::metrics::ControllerMetrics;
+use crate::metrics::{CertificateMetrics, ControllerMetrics};
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -56,7 +58,14 @@ pub struct RunConfig {
     pub settings: Settings,
     /// Leader election.
     pub lease: LeaseConfig,
+    /// The client API, if it is served.
+    pub client_api: Option<crate::client_api::config::ClientApiSettings>,
+    /// The evidence store (PostgreSQL, S3, GCS), if verdicts are recorded.
+    pub store: crate::evidence_store::StoreArgs,
 }
+
+/// The outbox worker and the key reload, until shutdown.
+type StoreTask = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// Runs the operator until SIGTERM/Ctrl-C (Ok) or a failure (Err).
 pub async fn run(cfg: RunConfig) -> anyhow::Result<()> {
@@ -79,12 +88,14 @@ pub async fn run_with(
     let registry = Registry::new();
     let api_metrics = ApiMetrics::register(&registry)?;
     let controller_metrics = ControllerMetrics::register(&registry)?;
+    let client_api_metrics = crate::client_api::ClientApiMetrics::register(&registry)?;
+    let certificate_metrics = CertificateMetrics::register(&registry)?;
     let leading = Arc::new(AtomicBool::new(false));
 
     let probes = tokio::net::TcpListener::bind(cfg.probe_addr)
         .await
         .with_context(|| format!("binding the probe address {}", cfg.probe_addr))?;
-    let probe_router = probe_routes(registry, leading.clone());
+    let probe_router = probe_routes(registry.clone(), leading.clone());
     let probe_server = tokio::spawn(async move { axum::serve(probes, probe_router).await });
 
     tokio::pin!(shutdown);
@@ -95,17 +106,52 @@ pub async fn run_with(
     }
     leading.store(true, Ordering::SeqCst);
 
+    // Only the leader records and uploads: one writer of the audit chain's head, one
+    // outbox worker (uploads are idempotent anyway).
+    let wired =
+        evidence_store::connect(&cfg.store, client.clone(), &cfg.lease.namespace, &registry)
+            .await
+            .context("connecting the evidence store")?;
+    let (store_stop, store_stopped) = tokio::sync::watch::channel(false);
+    let audit: Option<Arc<dyn AuditTrail>> = wired
+        .as_ref()
+        .map(|w| w.store.database().clone() as Arc<dyn AuditTrail>);
+    let (verdict_log, store_task): (Option<Arc<dyn VerdictLog>>, StoreTask) = match wired {
+        Some(w) => {
+            tracing::info!(database = %w.store.database().target(), "evidence store connected");
+            let mut stopped = store_stopped;
+            let task = async move {
+                tokio::select! {
+                    r = w.worker.run(async move { let _ = stopped.wait_for(|s| *s).await; }) => r,
+                    () = w.key_reload => Ok(()),
+                }
+            };
+            (Some(w.store as Arc<dyn VerdictLog>), Box::pin(task))
+        }
+        None => {
+            tracing::warn!(
+                "LOTABOTS_DATABASE_URL is unset: verdicts are not recorded, only shown in status"
+            );
+            (None, Box::pin(std::future::pending()))
+        }
+    };
+    tokio::pin!(store_task);
+
     let (tls, keep_tls_current): (RustlsConfig, Pin<Box<dyn Future<Output = ()> + Send>>) =
         if cfg.manage_certificates {
             let pki = PkiConfig::defaults(&cfg.lease.namespace);
-            for change in certs::reconcile(&client, &pki, Timestamp::now())
+            let round = certs::reconcile_round(&client, &pki, Timestamp::now())
                 .await
-                .context("issuing the serving certificates")?
-            {
+                .context("issuing the serving certificates")?;
+            for change in &round.changes {
                 tracing::info!(%change, "certificates");
             }
+            certificate_metrics.observe(&round.expiries);
             let tls = own_certificate(&client, &pki).await?;
-            (tls.clone(), Box::pin(rotate(client.clone(), pki, tls)))
+            (
+                tls.clone(),
+                Box::pin(rotate(client.clone(), pki, tls, certificate_metrics)),
+            )
         } else {
             let tls = RustlsConfig::from_pem_file(&cfg.tls_cert, &cfg.tls_key)
                 .await
@@ -137,6 +183,21 @@ pub async fn run_with(
         .serve(api.router().into_make_service());
     tracing::info!(listen = %cfg.listen, "evidence API serving");
 
+    // The client API: a listener of its own, with the same certificate.
+    let client_api: Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>> =
+        match cfg.client_api.clone() {
+            Some(settings) => Box::pin(crate::client_api::serve::serve(
+                client.clone(),
+                cfg.lease.namespace.clone(),
+                settings,
+                tls.clone(),
+                Some(evidence.clone()),
+                audit,
+                client_api_metrics,
+            )),
+            None => Box::pin(std::future::pending()),
+        };
+
     let reporter = Reporter {
         controller: "lotabots-operator".into(),
         instance: Some(cfg.lease.identity.clone()),
@@ -148,6 +209,7 @@ pub async fn run_with(
         cfg.settings,
         controller_metrics,
         reporter,
+        verdict_log,
         async move {
             let _ = stop_rx.await;
         },
@@ -159,11 +221,23 @@ pub async fn run_with(
         lost = leader::hold(&leases, &cfg.lease) => Err(anyhow::anyhow!("leadership lost: {lost}")),
         r = probe_server => Err(anyhow::anyhow!("the probe server stopped: {r:?}")),
         () = keep_tls_current => Err(anyhow::anyhow!("TLS certificate upkeep stopped")),
+        r = &mut store_task => Err(anyhow::anyhow!("the outbox worker stopped: {r:?}")),
+        r = client_api => Err(r.err().unwrap_or_else(|| anyhow::anyhow!("the client API stopped"))),
         () = &mut shutdown => Ok(()),
     };
     leading.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(());
     handle.graceful_shutdown(Some(Duration::from_secs(10)));
+    // Uploads under way finish and are marked; what is left stays in the outbox.
+    let _ = store_stop.send(true);
+    if tokio::time::timeout(Duration::from_secs(10), store_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "the outbox worker did not stop within 10 s; its uploads resume on the next leader"
+        );
+    }
     outcome
 }
 
@@ -221,10 +295,11 @@ async fn own_certificate(client: &Client, pki: &PkiConfig) -> anyhow::Result<Rus
 
 /// Renews the certificates when due (checked hourly; a failed round is retried in a
 /// minute) and serves the evidence API's new certificate from the next connection on.
-async fn rotate(client: Client, pki: PkiConfig, tls: RustlsConfig) {
+async fn rotate(client: Client, pki: PkiConfig, tls: RustlsConfig, metrics: CertificateMetrics) {
     loop {
-        let wait = match certs::reconcile(&client, &pki, Timestamp::now()).await {
-            Ok(changes) => {
+        let wait = match certs::reconcile_round(&client, &pki, Timestamp::now()).await {
+            Ok(certs::Round { changes, expiries }) => {
+                metrics.observe(&expiries);
                 for change in &changes {
                     tracing::info!(%change, "certificates");
                 }

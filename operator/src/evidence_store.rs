@@ -1,0 +1,346 @@
+//! The evidence store wired into the operator: every change of a node's verdict becomes a
+//! PostgreSQL record with its audit row, and the evidence behind it an encrypted bundle
+//! that the outbox worker copies to S3 (primary) and GCS (backup).
+//!
+//! Configuration comes from flags and the environment; the secrets only from the
+//! environment (filled from Secrets by `valueFrom.secretKeyRef`) or a Secret read
+//! through the API, never from an argument, where `ps` would show them:
+//!
+//! | what | where |
+//! |---|---|
+//! | PostgreSQL URL (with its password) | env `LOTABOTS_DATABASE_URL` |
+//! | S3 credentials | env `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` |
+//! | GCS credentials | Application Default Credentials (workload identity, or a key file named by `GOOGLE_APPLICATION_CREDENTIALS`) |
+//! | bundle key-encryption keys | Secret `--bundle-keys-secret` in the operator's namespace (layout in `lotabots_store::bundle::KeyRing::from_secret_data`) |
+//!
+//! The key Secret is read again every [`KEY_RELOAD`], so a rotated key is used without a
+//! restart; bundles sealed under a retired key still open as long as the Secret keeps it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use futures::future::BoxFuture;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Client, ResourceExt};
+use lotabots_crds::gpu_attestation::GpuAttestation;
+use lotabots_store::bundle::{KeyRing, seal};
+use lotabots_store::db::{Database, DbOptions, NewRecord, RecordKind};
+use lotabots_store::objects::{GcsConfig, GcsStore, ObjectStore, S3Config, S3Credentials, S3Store};
+use lotabots_store::outbox::{NamedStore, OutboxConfig, OutboxWorker};
+use prometheus::Registry;
+use serde_json::json;
+
+use crate::evidence_api::AcceptedEvidence;
+use crate::status::NodeResult;
+
+/// How often the bundle key Secret is read again.
+pub const KEY_RELOAD: Duration = Duration::from_secs(60);
+
+/// Who the audit rows name as the actor.
+const ACTOR: &str = "lotabots-operator";
+
+/// Where verdict changes are recorded. The controller sees only this, so that its tests
+/// need no database.
+pub trait VerdictLog: Send + Sync {
+    /// Records that `result` is the new verdict of a node selected by `attestation`,
+    /// judged from `evidence` (none: the agent never reported or went silent). Returns
+    /// only once the record, its audit row and its bundle are committed.
+    fn record<'a>(
+        &'a self,
+        attestation: &'a GpuAttestation,
+        result: &'a NodeResult,
+        evidence: Option<&'a AcceptedEvidence>,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// The store's flags. Without `--database-url`'s variable nothing is stored and verdicts
+/// live in the GpuAttestations' status only.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct StoreArgs {
+    /// TLS mode towards PostgreSQL (`disable`, `prefer`, `require`, `verify-ca`,
+    /// `verify-full`); the URL's `sslmode` when unset.
+    #[arg(long, env = "LOTABOTS_DATABASE_SSLMODE")]
+    pub database_sslmode: Option<String>,
+    /// PEM file of the CA that signed PostgreSQL's certificate.
+    #[arg(long, env = "LOTABOTS_DATABASE_CA")]
+    pub database_ca: Option<PathBuf>,
+    /// The S3 bucket (primary copy of every evidence bundle).
+    #[arg(long, env = "LOTABOTS_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// The S3 region requests are signed for.
+    #[arg(long, env = "LOTABOTS_S3_REGION", default_value = "us-east-1")]
+    pub s3_region: String,
+    /// A custom S3 endpoint (S3-compatible stores); AWS when unset.
+    #[arg(long, env = "LOTABOTS_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The GCS bucket (backup copy of every evidence bundle).
+    #[arg(long, env = "LOTABOTS_GCS_BUCKET")]
+    pub gcs_bucket: Option<String>,
+    /// A custom GCS endpoint (emulators); Google's when unset.
+    #[arg(long, env = "LOTABOTS_GCS_ENDPOINT")]
+    pub gcs_endpoint: Option<String>,
+    /// Send no credentials to GCS (emulators only).
+    #[arg(long, env = "LOTABOTS_GCS_ANONYMOUS")]
+    pub gcs_anonymous: bool,
+    /// The Secret holding the bundle key-encryption keys, in the operator's namespace.
+    #[arg(
+        long,
+        env = "LOTABOTS_BUNDLE_KEYS_SECRET",
+        default_value = "lotabots-bundle-keys"
+    )]
+    pub bundle_keys_secret: String,
+    /// The secrets: from the environment only ([`StoreSecrets::from_env`]).
+    #[arg(skip)]
+    pub secrets: StoreSecrets,
+}
+
+/// The store's secrets. `Debug` shows which are set, never their values.
+#[derive(Clone, Default)]
+pub struct StoreSecrets {
+    /// PostgreSQL URL, password included (`LOTABOTS_DATABASE_URL`).
+    pub database_url: Option<String>,
+    /// S3 credentials (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`).
+    pub s3: Option<S3Credentials>,
+}
+
+impl StoreSecrets {
+    /// Reads the variables named in the module documentation; empty counts as unset.
+    pub fn from_env() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        Self {
+            database_url: var("LOTABOTS_DATABASE_URL"),
+            s3: var("AWS_ACCESS_KEY_ID")
+                .zip(var("AWS_SECRET_ACCESS_KEY"))
+                .map(|(access_key_id, secret_access_key)| S3Credentials {
+                    access_key_id,
+                    secret_access_key,
+                }),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSecrets")
+            .field(
+                "database_url",
+                &self
+                    .database_url
+                    .as_deref()
+                    .map(lotabots_store::db::redact_url),
+            )
+            .field("s3", &self.s3)
+            .finish()
+    }
+}
+
+/// The database, the key ring and the names of the stores each bundle goes to.
+pub struct EvidenceStore {
+    db: Arc<Database>,
+    keys: Arc<RwLock<KeyRing>>,
+    stores: Vec<String>,
+}
+
+impl EvidenceStore {
+    /// The database the records go to.
+    pub fn database(&self) -> &Arc<Database> {
+        &self.db
+    }
+}
+
+/// The evidence store and the outbox worker that copies its bundles.
+pub struct Wired {
+    /// Records verdicts.
+    pub store: Arc<EvidenceStore>,
+    /// Uploads bundles until shutdown.
+    pub worker: OutboxWorker<Database>,
+    /// Keeps the key ring current until shutdown.
+    pub key_reload: BoxFuture<'static, ()>,
+}
+
+/// Connects what `args` configure: `None` without a database URL. Fails (naming what is wrong) when the database is
+/// unreachable, no object store is configured, or the key Secret is missing or invalid,
+/// so that a misconfigured operator never runs believing it keeps proof.
+pub async fn connect(
+    args: &StoreArgs,
+    client: Client,
+    namespace: &str,
+    registry: &Registry,
+) -> anyhow::Result<Option<Wired>> {
+    let Some(url) = &args.secrets.database_url else {
+        return Ok(None);
+    };
+    let mut options = DbOptions::new(url.clone());
+    if let Some(mode) = &args.database_sslmode {
+        options.ssl_mode = Some(
+            mode.parse()
+                .map_err(|e| anyhow::anyhow!("--database-sslmode {mode:?}: {e}"))?,
+        );
+    }
+    options.ssl_root_cert = args.database_ca.clone();
+    let db = Arc::new(Database::connect_with(&options).await?);
+
+    let stores = object_stores(args).await?;
+    if stores.is_empty() {
+        bail!(
+            "LOTABOTS_DATABASE_URL is set but no object store is: set --s3-bucket and/or \
+             --gcs-bucket, where the evidence bundles go"
+        );
+    }
+    let secrets: Api<Secret> = Api::namespaced(client, namespace);
+    let keys = Arc::new(RwLock::new(
+        read_key_ring(&secrets, &args.bundle_keys_secret).await?,
+    ));
+
+    let names = stores.iter().map(|s| s.name.clone()).collect();
+    let backlog_db = db.clone();
+    let worker = OutboxWorker::new(db.clone(), stores, OutboxConfig::default(), registry)?
+        .with_backlog(Arc::new(move || {
+            let db = backlog_db.clone();
+            Box::pin(async move { db.outbox_backlog().await })
+        }));
+    let key_reload = Box::pin(reload_keys(
+        secrets,
+        args.bundle_keys_secret.clone(),
+        keys.clone(),
+    ));
+    Ok(Some(Wired {
+        store: Arc::new(EvidenceStore {
+            db,
+            keys,
+            stores: names,
+        }),
+        worker,
+        key_reload,
+    }))
+}
+
+/// The configured object stores, S3 first.
+async fn object_stores(args: &StoreArgs) -> anyhow::Result<Vec<NamedStore>> {
+    let mut stores = Vec::new();
+    if let Some(bucket) = &args.s3_bucket {
+        let credentials = args.secrets.s3.clone().context(
+            "--s3-bucket is set: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be too",
+        )?;
+        let mut config = S3Config::new(bucket, &args.s3_region, credentials);
+        config.endpoint = args.s3_endpoint.clone();
+        let store: Arc<dyn ObjectStore> = Arc::new(S3Store::new(config)?);
+        stores.push(NamedStore::new("s3", store));
+    }
+    if let Some(bucket) = &args.gcs_bucket {
+        let mut config = GcsConfig::new(bucket);
+        config.endpoint = args.gcs_endpoint.clone();
+        config.anonymous = args.gcs_anonymous;
+        let store: Arc<dyn ObjectStore> = Arc::new(GcsStore::new(config).await?);
+        stores.push(NamedStore::new("gcs", store));
+    }
+    Ok(stores)
+}
+
+async fn read_key_ring(secrets: &Api<Secret>, name: &str) -> anyhow::Result<KeyRing> {
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .with_context(|| format!("reading the bundle key Secret {name}"))?
+        .with_context(|| {
+            format!(
+                "the bundle key Secret {name} does not exist in {}: create it with an \
+                 `active` entry naming a 32-byte key",
+                secrets.resource_url()
+            )
+        })?;
+    let data: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.0))
+        .collect();
+    KeyRing::from_secret_data(&data).with_context(|| format!("bundle key Secret {name}"))
+}
+
+/// Reads the key Secret every [`KEY_RELOAD`]; a Secret that became invalid keeps the
+/// last good key ring (and says so) rather than stopping the records.
+async fn reload_keys(secrets: Api<Secret>, name: String, keys: Arc<RwLock<KeyRing>>) {
+    let mut tick = tokio::time::interval(KEY_RELOAD);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match read_key_ring(&secrets, &name).await {
+            Ok(ring) => {
+                let mut current = keys.write().unwrap_or_else(|p| p.into_inner());
+                if current.active_id() != ring.active_id() {
+                    tracing::info!(active = ring.active_id(), "bundle key rotated");
+                }
+                *current = ring;
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "keeping the last bundle keys"),
+        }
+    }
+}
+
+impl VerdictLog for EvidenceStore {
+    fn record<'a>(
+        &'a self,
+        attestation: &'a GpuAttestation,
+        result: &'a NodeResult,
+        evidence: Option<&'a AcceptedEvidence>,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let now = Timestamp::now();
+            let policy = serde_json::to_value(&attestation.spec.policy)?;
+            let policy_digest = format!(
+                "sha256:{}",
+                lotabots_store::bundle::sha256_hex(&lotabots_store::bundle::canonical_json(
+                    &policy
+                )?)
+            );
+            // The bundle is the whole judgement: what was judged, against what, and why.
+            let document = json!({
+                "schemaVersion": 1,
+                "kind": "GpuNodeVerdict",
+                "attestation": attestation.name_any(),
+                "generation": attestation.metadata.generation,
+                "node": result.node,
+                "verdict": result.verdict,
+                "reasons": result.reasons,
+                "policy": policy,
+                "judgedAt": now,
+                "evidence": evidence.map(|e| json!({
+                    "digest": e.digest,
+                    "receivedAt": e.received_at,
+                    "document": e.evidence,
+                })),
+            });
+            let sealed = {
+                let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+                seal(&document, &keys)?
+            };
+            let record = NewRecord {
+                kind: RecordKind::GpuNode,
+                subject: result.node.clone(),
+                attestation: attestation.name_any(),
+                verdict: result.verdict,
+                reasons: result.reasons.clone(),
+                policy_digest,
+                evidence_digest: format!("sha256:{}", sealed.plaintext_sha256),
+                token_id: None,
+                observed_at: now,
+                actor: ACTOR.into(),
+            };
+            let stores: Vec<&str> = self.stores.iter().map(String::as_str).collect();
+            let id = self.db.record(&record, Some(&sealed), &stores).await?;
+            tracing::info!(
+                record = %id,
+                node = %result.node,
+                verdict = ?result.verdict,
+                bundle = %sealed.digest,
+                "verdict recorded"
+            );
+            Ok(())
+        })
+    }
+}
