@@ -11,8 +11,10 @@
 //!    `DT_NEEDED`, transitively), taken from Debian's `libc6` and `libgcc-s1` packages
 //!    of the version installed here — the glibc the binaries were linked against — plus
 //!    what NVIDIA's `libnvidia-ml.so.1` needs, because the agent `dlopen`s it (the NVIDIA
-//!    container runtime injects NVML, not a C library); and `/etc/passwd` and
-//!    `/etc/group` naming the `nonroot` user 65532;
+//!    container runtime injects NVML, not a C library); `/etc/passwd` and
+//!    `/etc/group` naming the `nonroot` user 65532; and the CA bundle
+//!    `/etc/ssl/certs/ca-certificates.crt` (see [`CA_BUNDLE`]), which `SSL_CERT_FILE`
+//!    in every image's environment names;
 //! 2. the binary, `/usr/local/bin/lotabots-<component>`.
 //!
 //! Why glibc and not static musl binaries: the agent needs glibc in any case (a static
@@ -72,6 +74,31 @@ pub const NVML_NEEDS: &[&str] = &[
 
 /// The Debian packages the C runtime comes from.
 pub const RUNTIME_PACKAGES: &[&str] = &["libc6", "libgcc-s1"];
+
+/// The Debian package the CA bundle comes from.
+pub const CA_PACKAGE: &str = "ca-certificates";
+
+/// Where the CA bundle is in every image: Debian's path, one PEM file of Mozilla's roots.
+///
+/// Who reads it, in our binaries (all rustls with ring):
+/// - `rustls-native-certs` (`load_native_certs`) reads `SSL_CERT_FILE` when set, else
+///   probes `openssl-probe`'s paths, this one among them. It is behind the S3 client
+///   (`aws-smithy-http-client` with `rustls-ring` loads the native roots), the GCS client
+///   (`google-cloud-storage`/`google-cloud-auth` use reqwest 0.13, whose rustls goes through
+///   `rustls-platform-verifier`, which on Linux loads the native roots), the operator's
+///   OIDC/JWKS client (reqwest 0.12 built with `tls_built_in_native_certs(true)`,
+///   `operator/src/tokens/jwks.rs`), and kube (`rustls-platform-verifier` when a
+///   kubeconfig gives no CA). Without this file they have no roots at all and every TLS
+///   handshake to a public endpoint fails.
+/// - Not read: the workspace's reqwest 0.12 (`rustls-tls-manual-roots`) trusts only what
+///   is added to it; sqlx (`tls-rustls-ring-webpki`) verifies PostgreSQL with the
+///   compiled-in `webpki-roots` (plus `sslrootcert`); kube in a pod trusts the service
+///   account's `ca.crt`.
+pub const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The environment every image sets besides `PATH`: where the CA bundle is, so that
+/// `rustls-native-certs` reads it without probing.
+pub const SSL_CERT_FILE_ENV: &str = "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt";
 
 /// One image.
 #[derive(Clone, Copy, Debug)]
@@ -216,6 +243,12 @@ pub fn build_all(opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
         .collect();
     runtime_files.push(LayerFile::text("etc/passwd", PASSWD, 0o644));
     runtime_files.push(LayerFile::text("etc/group", GROUP, 0o644));
+    let bundle = ca_bundle(&cache_dir().join("debs"), work.path())?;
+    runtime_files.push(LayerFile::bytes(
+        CA_BUNDLE.trim_start_matches('/'),
+        bundle,
+        0o644,
+    ));
     let runtime_bytes = write_layer(&runtime_layer, &runtime_files)?;
 
     let registry = Registry::start(&crane, work.path())?;
@@ -263,6 +296,7 @@ pub fn build_all(opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
         .into();
         args.extend(["--output".to_owned(), archive.display().to_string()]);
         args.extend(["--env".to_owned(), format!("PATH={BIN_DIR}")]);
+        args.extend(["--env".to_owned(), SSL_CERT_FILE_ENV.to_owned()]);
         for env in c.env {
             args.extend(["--env".to_owned(), (*env).to_owned()]);
         }
@@ -349,19 +383,7 @@ pub fn c_runtime(
 ) -> Result<BTreeMap<String, PathBuf>> {
     let mut roots = Vec::new();
     for package in RUNTIME_PACKAGES {
-        let deb = debian_package(package, deb_cache)?;
-        let root = work.join(format!("deb-{package}"));
-        run(
-            Path::new("dpkg-deb"),
-            &[
-                "-x",
-                &deb.display().to_string(),
-                &root.display().to_string(),
-            ],
-            None,
-        )?
-        .ok()?;
-        roots.push(root);
+        roots.push(extract_package(package, deb_cache, work)?);
     }
     let mut files = BTreeMap::new();
     let mut wanted: VecDeque<(String, String)> = NVML_NEEDS
@@ -406,6 +428,57 @@ pub fn c_runtime(
     Ok(files)
 }
 
+/// The CA bundle: what `update-ca-certificates` writes at install time from Debian's
+/// `ca-certificates` of the version installed here. The package ships only the single
+/// certificates (`/usr/share/ca-certificates/mozilla/*.crt`, all enabled by default);
+/// the tool concatenates those its configuration lists, sorted, each ending in a
+/// newline, so that is done here: bytewise-sorted names, a missing final newline added.
+/// A machine's own `/etc/ssl/certs/ca-certificates.crt` begins with the same bytes (its
+/// local CAs, if any, follow) and is not taken, since it may hold private CAs.
+pub fn ca_bundle(deb_cache: &Path, work: &Path) -> Result<Vec<u8>> {
+    let root = extract_package(CA_PACKAGE, deb_cache, work)?;
+    concat_certs(&root.join("usr/share/ca-certificates/mozilla"))
+}
+
+/// The `*.crt` files of `dir`, by bytewise-sorted name, each ending in a newline.
+fn concat_certs(dir: &Path) -> Result<Vec<u8>> {
+    let mut crts: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("{CA_PACKAGE} has no {}", dir.display()))?
+        .map(|e| Ok(e?.path()))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
+        .collect();
+    crts.sort();
+    ensure!(!crts.is_empty(), "{CA_PACKAGE} ships no certificates");
+    let mut bundle = Vec::new();
+    for crt in &crts {
+        let pem = fs::read(crt).with_context(|| format!("reading {}", crt.display()))?;
+        bundle.extend_from_slice(&pem);
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+    }
+    Ok(bundle)
+}
+
+/// `dpkg-deb -x` of [`debian_package`] into `work/deb-<package>`; returns that directory.
+fn extract_package(package: &str, deb_cache: &Path, work: &Path) -> Result<PathBuf> {
+    let deb = debian_package(package, deb_cache)?;
+    let root = work.join(format!("deb-{package}"));
+    run(
+        Path::new("dpkg-deb"),
+        &[
+            "-x",
+            &deb.display().to_string(),
+            &root.display().to_string(),
+        ],
+        None,
+    )?
+    .ok()?;
+    Ok(root)
+}
+
 /// A Debian package of the version installed here, from the cache or `apt-get download`.
 fn debian_package(package: &str, cache: &Path) -> Result<PathBuf> {
     let version = run(
@@ -414,7 +487,9 @@ fn debian_package(package: &str, cache: &Path) -> Result<PathBuf> {
         None,
     )?
     .ok()
-    .with_context(|| format!("{package} is not installed: the binaries need its C runtime"))?;
+    .with_context(|| {
+        format!("{package} is not installed: the images take its files, of the installed version")
+    })?;
     // One directory per package and version, holding that one .deb.
     let dir = cache.join(format!("{package}_{}", version.trim().replace(':', "%3a")));
     if let Some(deb) = single_deb(&dir)? {
@@ -507,6 +582,7 @@ struct LayerFile {
 enum Content {
     File(PathBuf),
     Text(&'static str),
+    Bytes(Vec<u8>),
 }
 
 impl LayerFile {
@@ -522,6 +598,14 @@ impl LayerFile {
         Self {
             path: path.to_owned(),
             content: Content::Text(text),
+            mode,
+        }
+    }
+
+    fn bytes(path: &str, bytes: Vec<u8>, mode: u32) -> Self {
+        Self {
+            path: path.to_owned(),
+            content: Content::Bytes(bytes),
             mode,
         }
     }
@@ -571,6 +655,10 @@ fn write_layer(tarball: &Path, files: &[LayerFile]) -> Result<u64> {
             Content::Text(text) => {
                 let mut h = header(tar::EntryType::Regular, f.mode, text.len() as u64);
                 builder.append_data(&mut h, &f.path, text.as_bytes())?;
+            }
+            Content::Bytes(bytes) => {
+                let mut h = header(tar::EntryType::Regular, f.mode, bytes.len() as u64);
+                builder.append_data(&mut h, &f.path, &bytes[..])?;
             }
         }
     }
@@ -673,6 +761,21 @@ mod tests {
             ]
         );
         assert!(PASSWD.contains(":65532:65532:"));
+    }
+
+    #[test]
+    fn ca_bundle_is_sorted_and_newline_terminated() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::write(d.join("b.crt"), "b").unwrap();
+        fs::write(d.join("a.crt"), "a\n").unwrap();
+        fs::write(d.join("B.crt"), "B").unwrap();
+        fs::write(d.join("README"), "not a certificate").unwrap();
+        assert_eq!(concat_certs(d).unwrap(), b"B\na\nb\n");
+        fs::remove_file(d.join("a.crt")).unwrap();
+        fs::remove_file(d.join("b.crt")).unwrap();
+        fs::remove_file(d.join("B.crt")).unwrap();
+        assert!(concat_certs(d).is_err(), "no certificates is an error");
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //!   default command, `PATH`, the working directory, linux/amd64 and the OCI labels;
 //! - the archives are named as `config/` and the chart name the images;
 //! - the C runtime layer is one and the same in all three, and holds nothing but the
-//!   loader, shared libraries and `/etc/passwd`/`/etc/group`;
+//!   loader, shared libraries, `/etc/passwd`/`/etc/group` and the CA bundle;
+//! - the CA bundle `/etc/ssl/certs/ca-certificates.crt` is PEM of more than 100
+//!   certificates, every one a trust anchor rustls accepts, and `SSL_CERT_FILE` names it;
 //! - unpacked into a directory, each binary runs `--version` with the image's loader and
 //!   libraries only (`--inhibit-cache`, and `--list` shows every library resolved inside
 //!   the image): no container engine needed.
@@ -23,6 +25,10 @@ use std::{
 use lotabots_e2e::{
     images::{self, BIN_DIR, BuildOptions, COMPONENTS, LIB_DIR},
     packaging,
+};
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, pem::PemObject},
 };
 use serde_json::Value;
 
@@ -134,6 +140,11 @@ fn images_build_validate_and_run_unpacked() {
             .map(|e| e.as_str().unwrap())
             .collect();
         assert!(env.contains(&"PATH=/usr/local/bin"), "{env:?}");
+        assert!(
+            env.contains(&format!("SSL_CERT_FILE={}", images::CA_BUNDLE).as_str()),
+            "{}: no SSL_CERT_FILE in {env:?}",
+            c.name
+        );
         for e in c.env {
             assert!(env.contains(e), "{}: no {e} in {env:?}", c.name);
         }
@@ -162,6 +173,7 @@ fn images_build_validate_and_run_unpacked() {
                 p == &entrypoint[1..]
                     || p == "etc/passwd"
                     || p == "etc/group"
+                    || p == &images::CA_BUNDLE[1..]
                     || p == "lib64/ld-linux-x86-64.so.2"
                     || (p.starts_with(LIB_DIR) && p.contains(".so.")),
                 "{}: unexpected file {p}",
@@ -182,6 +194,26 @@ fn images_build_validate_and_run_unpacked() {
         }
         let passwd = std::fs::read_to_string(r.join("etc/passwd")).unwrap();
         assert!(passwd.contains("nonroot:x:65532:65532:"), "{passwd}");
+
+        // The CA bundle: PEM, Mozilla's roots, each one a trust anchor rustls takes.
+        let bundle = std::fs::read(r.join(&images::CA_BUNDLE[1..])).unwrap();
+        assert!(!bundle.is_empty(), "{}: an empty CA bundle", c.name);
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&bundle)
+            .collect::<Result<_, _>>()
+            .unwrap_or_else(|e| panic!("{}: the CA bundle is not PEM: {e}", c.name));
+        assert!(
+            certs.len() > 100,
+            "{}: {} certificates in the CA bundle",
+            c.name,
+            certs.len()
+        );
+        let (added, ignored) = RootCertStore::empty().add_parsable_certificates(certs.clone());
+        assert_eq!(
+            (added, ignored),
+            (certs.len(), 0),
+            "{}: certificates rustls cannot take as roots",
+            c.name
+        );
 
         // The image's loader, the image's libraries, no ld.so.cache of this machine.
         let loader = r.join("lib64/ld-linux-x86-64.so.2");
