@@ -5,9 +5,10 @@
 //! The operator, the admission webhook and one simulated agent per GPU node run in this
 //! process (see [`crate::stack`]); with `--stores`, PostgreSQL, SeaweedFS and
 //! fake-gcs-server ([`crate::stores`]) are started after the control plane under the same
-//! supervisor, so Ctrl-C stops them first.
+//! supervisor, so Ctrl-C stops them first, and the operator records its verdicts there
+//! ([`crate::evidence`]).
 
-use std::{future::pending, process::ExitCode};
+use std::{future::pending, process::ExitCode, sync::Arc};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -17,6 +18,9 @@ use std::time::Duration;
 use kube::Api;
 use lotabots_crds::gpu_attestation::GpuAttestation;
 
+use lotabots_operator::evidence_store::VerdictLog;
+
+use crate::evidence::{self, Recording};
 use crate::stack::{Operator, Webhook, default_profile, start_agents};
 use crate::{ControlPlane, SimNode, overview, resources, signals, wait};
 
@@ -70,8 +74,9 @@ struct UpArgs {
     /// Do not apply config/samples.
     #[arg(long, env = "LOTABOTS_E2E_NO_SAMPLES")]
     no_samples: bool,
-    /// Also start PostgreSQL 15, SeaweedFS (S3) and fake-gcs-server on 127.0.0.1 and print
-    /// how to reach them (installed by e2e/setup-stores.sh on first use).
+    /// Also start PostgreSQL 15, SeaweedFS (S3) and fake-gcs-server on 127.0.0.1, record
+    /// the operator's verdicts there (the evidence store) and print how to reach them
+    /// (installed by e2e/setup-stores.sh on first use).
     #[arg(long, env = "LOTABOTS_E2E_STORES")]
     stores: bool,
 }
@@ -151,14 +156,28 @@ async fn up(args: UpArgs) -> Result<()> {
     let plane = builder.start().await?;
     eprintln!("lotabots-e2e: control plane {}", plane.timings());
     let client = plane.client();
+    resources::ensure_namespace(&client, AGENT_NAMESPACE).await?;
+    let recording = match plane.stores() {
+        Ok(stores) => {
+            eprintln!(
+                "lotabots-e2e: connecting the evidence store (PostgreSQL, S3 bucket {}, GCS bucket {})",
+                evidence::S3_BUCKET,
+                evidence::GCS_BUCKET
+            );
+            Some(Recording::start(client.clone(), stores, AGENT_NAMESPACE).await?)
+        }
+        Err(_) => None,
+    };
     eprintln!("lotabots-e2e: starting the operator (evidence API and controller)");
-    let operator = Operator::start(
+    let operator = Operator::start_recording(
         client.clone(),
         vec![format!("{AGENT_NAMESPACE}/{AGENT_SA}")],
+        recording
+            .as_ref()
+            .map(|r| r.store.clone() as Arc<dyn VerdictLog>),
     )
     .await?;
     eprintln!("lotabots-e2e: evidence API on {}", operator.url);
-    resources::ensure_namespace(&client, AGENT_NAMESPACE).await?;
     let fleet: Vec<(String, String)> = plane
         .nodes()
         .iter()
@@ -243,6 +262,26 @@ async fn up(args: UpArgs) -> Result<()> {
         "(operator: {} evidence submissions accepted; GPUs are simulated, there is no GPU on this machine)\n",
         operator.api_metrics.submissions("accepted")
     );
+    if let Some(r) = &recording {
+        let db = r.store.database();
+        let records = db
+            .list_records(&Default::default(), lotabots_store::db::Page::first(1000))
+            .await?;
+        let chain = db.verify_chain().await?;
+        println!(
+            "(evidence store: {} verdicts recorded; audit chain of {} rows {}; bundles sealed with key {} and copied to s3://{} and gs://{})\n",
+            records.records.len(),
+            chain.rows_checked,
+            if chain.first_broken.is_none() {
+                "intact"
+            } else {
+                "BROKEN"
+            },
+            evidence::KEY_ID,
+            evidence::S3_BUCKET,
+            evidence::GCS_BUCKET,
+        );
+    }
     let kubeconfig = plane.kubeconfig().display();
     let kubectl = plane.bins().bin("kubectl");
     println!("kubeconfig:    {kubeconfig}");
@@ -274,7 +313,7 @@ async fn up(args: UpArgs) -> Result<()> {
     // The signal handler tears down and exits; until then the environment stays up.
     // `plane` must live until then: dropping it would stop everything.
     pending::<()>().await;
-    drop((webhook, agents, operator, plane));
+    drop((webhook, agents, operator, recording, plane));
     Ok(())
 }
 

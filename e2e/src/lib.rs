@@ -18,6 +18,7 @@ pub mod agents;
 pub mod cli;
 pub mod components;
 pub mod control_plane;
+pub mod evidence;
 pub mod hygiene;
 pub mod images;
 pub mod kubeconfig;

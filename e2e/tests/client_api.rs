@@ -116,6 +116,7 @@ async fn start(ctx: &Ctx, limits: Limits) -> Result<Running> {
             limits,
         }),
         store: Default::default(),
+        models: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(lotabots_operator::run::run_with(

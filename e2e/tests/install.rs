@@ -463,7 +463,8 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         perm_named("secrets", "[lotabots-token-signing]", &["get", "patch"]),
         perm_named("configmaps", "[lotabots-operator-ca]", &["get", "patch"]),
         perm("secrets", &["create"]),
-        perm("configmaps", &["create"]),
+        // Public keys of ModelAttestations (any namespace) and the CA ConfigMap it creates.
+        perm("configmaps", &["create", "get"]),
         perm_named(
             "validatingwebhookconfigurations.admissionregistration.k8s.io",
             "[lotabots-webhook]",
@@ -723,7 +724,9 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         ),
         ("lotabots-operator", "list", "pods", &all, false),
         ("lotabots-operator", "create", "pods", &here, false),
-        ("lotabots-operator", "get", "configmaps", &here, false),
+        // ConfigMaps it may read (public keys of ModelAttestations), never list.
+        ("lotabots-operator", "get", "configmaps", &here, true),
+        ("lotabots-operator", "list", "configmaps", &all, false),
         (
             "lotabots-operator",
             "create",

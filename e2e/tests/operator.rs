@@ -383,6 +383,7 @@ fn run_config(
         },
         client_api: None,
         store: Default::default(),
+        models: Default::default(),
     }
 }
 

@@ -2,7 +2,8 @@
 //! as `lotabots-operator run` wires it (`evidence_store::connect`: PostgreSQL, SeaweedFS
 //! as S3, fake-gcs-server as GCS, the key-encryption keys from a Secret on the real API
 //! server), records every node's verdict change with its audit row, and the outbox worker
-//! copies each sealed evidence bundle to both object stores.
+//! copies each sealed evidence bundle to both object stores. The wiring is
+//! [`lotabots_e2e::evidence::Recording`], which `lotabots-e2e up --stores` uses too.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -10,15 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
 use lotabots_crds::gpu_attestation::{GpuAttestation, Verdict};
+use lotabots_e2e::evidence::{self, Recording};
 use lotabots_e2e::stack::{Operator, start_agents};
 use lotabots_e2e::{ControlPlane, SimNode, scenario, suite::Ctx, wait};
-use lotabots_operator::evidence_store::{self, StoreArgs, StoreSecrets, VerdictLog};
-use lotabots_store::bundle::{self, KeyRing};
+use lotabots_operator::evidence_store::VerdictLog;
+use lotabots_store::bundle;
 use lotabots_store::db::{CopyState, Page, RecordFilter, RecordKind};
 use lotabots_store::objects::{ObjectStore, bundle_key};
 use tempfile::TempDir;
@@ -42,65 +42,19 @@ fn main() -> ExitCode {
     )
 }
 
-const S3_BUCKET: &str = "lotabots-evidence";
-const GCS_BUCKET: &str = "lotabots-evidence-backup";
-const KEY_SECRET: &str = "lotabots-bundle-keys";
-
 async fn verdict_changes_are_recorded_audited_and_their_evidence_lands_in_both_stores(
     ctx: Ctx,
 ) -> Result<()> {
     let client = ctx.client();
     let ns = ctx.namespace().await?;
     let stores = ctx.plane().stores()?;
-    // The buckets exist beforehand, as in production.
-    let s3 = support::s3_store(&stores.s3, S3_BUCKET).await?;
-    let gcs = support::gcs_store(&stores.gcs, GCS_BUCKET).await?;
+    let recording = Recording::start(client.clone(), stores, &ns).await?;
+    let db = recording.store.database().clone();
+    // To read back what the stores hold.
+    let s3 = support::s3_store(&stores.s3, evidence::S3_BUCKET).await?;
+    let gcs = support::gcs_store(&stores.gcs, evidence::GCS_BUCKET).await?;
 
-    // The key-encryption key, in the Secret the operator reads.
-    let key = [7u8; 32];
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(KEY_SECRET.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([
-            ("active".to_string(), ByteString(b"2026-11".to_vec())),
-            ("2026-11".to_string(), ByteString(key.to_vec())),
-        ])),
-        ..Default::default()
-    };
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .create(&PostParams::default(), &secret)
-        .await?;
-
-    let args = StoreArgs {
-        s3_bucket: Some(S3_BUCKET.into()),
-        s3_region: stores.s3.region().into(),
-        s3_endpoint: Some(stores.s3.endpoint().into()),
-        gcs_bucket: Some(GCS_BUCKET.into()),
-        gcs_endpoint: Some(stores.gcs.endpoint().into()),
-        gcs_anonymous: true,
-        bundle_keys_secret: KEY_SECRET.into(),
-        secrets: StoreSecrets {
-            database_url: Some(stores.postgres.url()),
-            s3: Some(lotabots_store::objects::S3Credentials {
-                access_key_id: stores.s3.access_key().into(),
-                secret_access_key: stores.s3.secret_key().into(),
-            }),
-        },
-        ..Default::default()
-    };
-    let registry = prometheus::Registry::new();
-    let wired = evidence_store::connect(&args, client.clone(), &ns, &registry)
-        .await?
-        .context("a database URL is configured, yet no store was connected")?;
-    let db = wired.store.database().clone();
-    let (stop_worker, worker_stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(wired.worker.run(async move {
-        let _ = worker_stopped.await;
-    }));
-
-    let log: Arc<dyn VerdictLog> = wired.store.clone();
+    let log: Arc<dyn VerdictLog> = recording.store.clone();
     let operator =
         Operator::start_recording(client.clone(), vec![format!("{ns}/agent")], Some(log)).await?;
     let tokens = TempDir::new()?;
@@ -157,7 +111,7 @@ async fn verdict_changes_are_recorded_audited_and_their_evidence_lands_in_both_s
 
     // Each record's bundle reaches both stores; what they hold is ciphertext that opens
     // with the Secret's key to the judgement the record names.
-    let keys = KeyRing::new("2026-11", [("2026-11", key.as_slice())])?;
+    let keys = recording.key_ring()?;
     for record in &records {
         let digest = record
             .bundle_digest
@@ -202,12 +156,7 @@ async fn verdict_changes_are_recorded_audited_and_their_evidence_lands_in_both_s
 
     drop(agents);
     operator.stop().await;
-    let _ = stop_worker.send(());
-    tokio::time::timeout(Duration::from_secs(20), worker)
-        .await
-        .context("the outbox worker did not stop")???;
-    db.close().await;
-    Ok(())
+    recording.stop().await
 }
 
 /// The record's evidence digest is the SHA-256 of the bundle's plaintext.

@@ -194,6 +194,18 @@ struct RunFlags {
     /// How long the Lease holds without renewal, in seconds.
     #[arg(long, env = "LOTABOTS_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// Where the operator pod mounts the volumes of the models it attests: a
+    /// ModelAttestation's PVC source is read at MODEL_ROOT/NAMESPACE/CLAIM/PATH.
+    #[arg(long, env = "LOTABOTS_MODEL_ROOT", default_value = crate::model_inputs::DEFAULT_MODEL_ROOT)]
+    model_root: PathBuf,
+    /// How often every model is judged again (its files, keys and ConfigMaps can change
+    /// without its spec changing), in seconds.
+    #[arg(long, env = "LOTABOTS_MODEL_RESYNC_SECONDS", default_value_t = 3600)]
+    model_resync_seconds: u64,
+    /// PEM P-256 key (PKCS#8 or SEC1) that signs the model statements sealed into the
+    /// evidence store. Unset: the current attestation-token signing key (its Secret).
+    #[arg(long, env = "LOTABOTS_MODEL_STATEMENT_KEY")]
+    model_statement_key: Option<PathBuf>,
     #[command(flatten)]
     client_api: crate::client_api::config::ClientApiFlags,
     #[command(flatten)]
@@ -211,6 +223,18 @@ impl RunFlags {
             })?;
         let lease = Duration::from_secs(self.lease_seconds.max(3));
         let client_api = self.client_api.settings(&self.lease_namespace)?;
+        let models = crate::run::ModelConfig {
+            settings: crate::model_inputs::ModelSettings {
+                model_root: self.model_root,
+                resync: Duration::from_secs(self.model_resync_seconds.max(1)),
+            },
+            statement_key: self.model_statement_key,
+            token_secret: self.client_api.token_secret.clone(),
+            token_rotation: crate::tokens::keys::Rotation {
+                every: Duration::from_secs(self.client_api.token_key_rotation_seconds),
+                overlap: Duration::from_secs(self.client_api.token_key_overlap_seconds),
+            },
+        };
         Ok(RunConfig {
             listen: self.listen,
             manage_certificates: self.manage_certificates,
@@ -243,6 +267,7 @@ impl RunFlags {
                 secrets: crate::evidence_store::StoreSecrets::from_env(),
                 ..self.store
             },
+            models,
         })
     }
 }
@@ -397,5 +422,52 @@ fn init_tracing() {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_config(args: &[&str]) -> RunConfig {
+        let base = ["lotabots-operator", "run", "--identity", "replica-0"];
+        let cli = Cli::try_parse_from(base.iter().chain(args)).unwrap();
+        let Command::Run(flags) = cli.command else {
+            panic!("not run");
+        };
+        flags.into_config().unwrap()
+    }
+
+    #[test]
+    fn model_flags_reach_the_model_controller() {
+        let defaults = run_config(&[]);
+        assert_eq!(
+            defaults.models.settings.model_root,
+            PathBuf::from(crate::model_inputs::DEFAULT_MODEL_ROOT)
+        );
+        assert_eq!(defaults.models.settings.resync, Duration::from_secs(3600));
+        assert_eq!(defaults.models.statement_key, None);
+        assert_eq!(defaults.models.token_secret, "lotabots-token-signing");
+        let set = run_config(&[
+            "--model-root",
+            "/mnt/models",
+            "--model-resync-seconds",
+            "0",
+            "--model-statement-key",
+            "/etc/lotabots/model-key.pem",
+            "--token-secret",
+            "keys",
+        ]);
+        assert_eq!(set.models.settings.model_root, PathBuf::from("/mnt/models"));
+        assert_eq!(
+            set.models.settings.resync,
+            Duration::from_secs(1),
+            "a zero resync would spin"
+        );
+        assert_eq!(
+            set.models.statement_key,
+            Some(PathBuf::from("/etc/lotabots/model-key.pem"))
+        );
+        assert_eq!(set.models.token_secret, "keys");
     }
 }

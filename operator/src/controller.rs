@@ -505,52 +505,16 @@ async fn publish_changes(
 mod tests {
     use std::sync::Mutex as StdMutex;
 
-    use http::{Request, Response, StatusCode};
-    use kube::client::Body;
     use kube::runtime::watcher;
     use lotabots_crds::evidence::NonceOrigin;
     use lotabots_crds::gpu_attestation::GpuAttestationSpec;
 
     use super::*;
     use crate::evidence_api::{AcceptedEvidence, EvidenceSink};
+    use crate::test_api::{Seen, requests};
 
-    /// One request the controller made: method, path, body.
-    type Seen = Arc<StdMutex<Vec<(String, String, serde_json::Value)>>>;
-
-    /// Answers every request: `fail(method, path)` may give an error status; otherwise
-    /// the request body is echoed (status patches get the GpuAttestation back).
     fn api_server(att: &GpuAttestation, fail: fn(&str, &str) -> Option<u16>) -> (Client, Seen) {
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let seen: Seen = Arc::default();
-        let log = seen.clone();
-        let att = serde_json::to_value(att).unwrap();
-        tokio::spawn(async move {
-            while let Some((request, send)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.unwrap();
-                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                let (method, path) = (parts.method.to_string(), parts.uri.path().to_owned());
-                log.lock()
-                    .unwrap()
-                    .push((method.clone(), path.clone(), body.clone()));
-                let response = match fail(&method, &path) {
-                    Some(code) => Response::builder()
-                        .status(code)
-                        .body(Body::from(serde_json::to_vec(&json!({
-                            "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                            "message": "scripted failure", "reason": "InternalError", "code": code
-                        })).unwrap()))
-                        .unwrap(),
-                    None if path.ends_with("/status") => Response::new(Body::from(serde_json::to_vec(&att).unwrap())),
-                    None => Response::builder()
-                        .status(StatusCode::OK)
-                        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-                        .unwrap(),
-                };
-                send.send_response(response);
-            }
-        });
-        (Client::new(service, "default"), seen)
+        crate::test_api::api_server(serde_json::to_value(att).unwrap(), fail)
     }
 
     fn node(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Node> {
@@ -668,15 +632,6 @@ mod tests {
             "gpus": []
         }))
         .unwrap()
-    }
-
-    fn requests(seen: &Seen, method: &str, path_part: &str) -> Vec<serde_json::Value> {
-        seen.lock()
-            .unwrap()
-            .iter()
-            .filter(|(m, p, _)| m == method && p.contains(path_part))
-            .map(|(_, _, b)| b.clone())
-            .collect()
     }
 
     const PRESENT: (&str, &str) = ("nvidia.com/gpu.present", "true");

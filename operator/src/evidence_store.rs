@@ -26,7 +26,8 @@ use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
-use lotabots_crds::gpu_attestation::GpuAttestation;
+use lotabots_crds::gpu_attestation::{GpuAttestation, Verdict};
+use lotabots_crds::model_attestation::ModelAttestation;
 use lotabots_store::bundle::{KeyRing, seal};
 use lotabots_store::db::{Database, DbOptions, NewRecord, RecordKind};
 use lotabots_store::objects::{GcsConfig, GcsStore, ObjectStore, S3Config, S3Credentials, S3Store};
@@ -55,6 +56,31 @@ pub trait VerdictLog: Send + Sync {
         result: &'a NodeResult,
         evidence: Option<&'a AcceptedEvidence>,
     ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// Where model verdicts are recorded, beside [`VerdictLog`]'s GPU verdicts.
+pub trait ModelLog: Send + Sync {
+    /// Records `result`, the new verdict of the ModelAttestation `attestation`, with
+    /// `statement`: the operator's signed Sigstore bundle binding every stage's result to
+    /// the manifest digest (the record's subject). Returns only once the record, its
+    /// audit row and the sealed statement are committed.
+    fn record_model<'a>(
+        &'a self,
+        attestation: &'a ModelAttestation,
+        result: &'a ModelResult,
+        statement: &'a lotabots_model::bundle::Bundle,
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// A model verdict as recorded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelResult {
+    /// `sha256:HEX`, the manifest's digest: the record's subject.
+    pub manifest_digest: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why, as the status says it.
+    pub reasons: Vec<String>,
 }
 
 /// The store's flags. Without `--database-url`'s variable nothing is stored and verdicts
@@ -282,6 +308,62 @@ async fn reload_keys(secrets: Api<Secret>, name: String, keys: Arc<RwLock<KeyRin
     }
 }
 
+/// `sha256:` digest of `value`'s RFC 8785 canonical JSON: how a policy is named.
+fn policy_digest(value: &serde_json::Value) -> anyhow::Result<String> {
+    Ok(format!(
+        "sha256:{}",
+        lotabots_store::bundle::sha256_hex(&lotabots_store::bundle::canonical_json(value)?)
+    ))
+}
+
+impl ModelLog for EvidenceStore {
+    fn record_model<'a>(
+        &'a self,
+        attestation: &'a ModelAttestation,
+        result: &'a ModelResult,
+        statement: &'a lotabots_model::bundle::Bundle,
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let now = Timestamp::now();
+            // The whole spec is the policy: source, integrity, signature trust and rules.
+            let policy_digest = policy_digest(&serde_json::to_value(&attestation.spec)?)?;
+            let document: serde_json::Value = serde_json::from_str(&statement.to_json())?;
+            let sealed = {
+                let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+                seal(&document, &keys)?
+            };
+            let name = format!(
+                "{}/{}",
+                attestation.namespace().unwrap_or_default(),
+                attestation.name_any()
+            );
+            let record = NewRecord {
+                kind: RecordKind::Model,
+                subject: result.manifest_digest.clone(),
+                attestation: name.clone(),
+                verdict: result.verdict,
+                reasons: result.reasons.clone(),
+                policy_digest,
+                evidence_digest: format!("sha256:{}", sealed.plaintext_sha256),
+                token_id: None,
+                observed_at: now,
+                actor: ACTOR.into(),
+            };
+            let stores: Vec<&str> = self.stores.iter().map(String::as_str).collect();
+            let id = self.db.record(&record, Some(&sealed), &stores).await?;
+            tracing::info!(
+                record = %id,
+                attestation = %name,
+                manifest = %result.manifest_digest,
+                verdict = ?result.verdict,
+                bundle = %sealed.digest,
+                "model verdict recorded"
+            );
+            Ok(())
+        })
+    }
+}
+
 impl VerdictLog for EvidenceStore {
     fn record<'a>(
         &'a self,
@@ -292,12 +374,7 @@ impl VerdictLog for EvidenceStore {
         Box::pin(async move {
             let now = Timestamp::now();
             let policy = serde_json::to_value(&attestation.spec.policy)?;
-            let policy_digest = format!(
-                "sha256:{}",
-                lotabots_store::bundle::sha256_hex(&lotabots_store::bundle::canonical_json(
-                    &policy
-                )?)
-            );
+            let policy_digest = policy_digest(&policy)?;
             // The bundle is the whole judgement: what was judged, against what, and why.
             let document = json!({
                 "schemaVersion": 1,

@@ -11,7 +11,12 @@ pub mod evidence_api;
 pub mod evidence_store;
 pub mod leader;
 pub mod metrics;
+pub mod model_controller;
+pub mod model_inputs;
+pub mod model_status;
 pub mod run;
 pub mod status;
+#[cfg(test)]
+mod test_api;
 pub mod tokens;
 pub mod verify_cmd;

@@ -35,6 +35,9 @@ use crate::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
 use crate::evidence_store::{self, VerdictLog};
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::{CertificateMetrics, ControllerMetrics};
+use crate::model_controller::{self, Recording, StatementKey};
+use crate::model_inputs::ModelSettings;
+use crate::tokens::keys::KeyStore;
 
 /// Everything `run` needs.
 #[derive(Clone, Debug)]
@@ -62,6 +65,38 @@ pub struct RunConfig {
     pub client_api: Option<crate::client_api::config::ClientApiSettings>,
     /// The evidence store (PostgreSQL, S3, GCS), if verdicts are recorded.
     pub store: crate::evidence_store::StoreArgs,
+    /// The ModelAttestation controller.
+    pub models: ModelConfig,
+}
+
+/// The ModelAttestation controller's configuration.
+#[derive(Clone, Debug)]
+pub struct ModelConfig {
+    /// Where models are found, how often they are judged again.
+    pub settings: ModelSettings,
+    /// A PEM P-256 key file the model statements are signed with; `None`: the current
+    /// attestation-token signing key (Secret `token_secret`).
+    pub statement_key: Option<PathBuf>,
+    /// The attestation-token signing Secret in the operator's namespace.
+    pub token_secret: String,
+    /// Its rotation, when the client API does not keep it (it is not served).
+    pub token_rotation: crate::tokens::keys::Rotation,
+}
+
+impl Default for ModelConfig {
+    /// The flags' defaults.
+    fn default() -> Self {
+        Self {
+            settings: ModelSettings {
+                model_root: crate::model_inputs::DEFAULT_MODEL_ROOT.into(),
+                resync: Duration::from_secs(3600),
+            },
+            statement_key: None,
+            // As `--token-secret` defaults.
+            token_secret: "lotabots-token-signing".into(),
+            token_rotation: crate::tokens::keys::Rotation::default(),
+        }
+    }
 }
 
 /// The outbox worker and the key reload, until shutdown.
@@ -116,6 +151,9 @@ pub async fn run_with(
     let audit: Option<Arc<dyn AuditTrail>> = wired
         .as_ref()
         .map(|w| w.store.database().clone() as Arc<dyn AuditTrail>);
+    let model_log = wired
+        .as_ref()
+        .map(|w| w.store.clone() as Arc<dyn crate::evidence_store::ModelLog>);
     let (verdict_log, store_task): (Option<Arc<dyn VerdictLog>>, StoreTask) = match wired {
         Some(w) => {
             tracing::info!(database = %w.store.database().target(), "evidence store connected");
@@ -202,6 +240,24 @@ pub async fn run_with(
         controller: "lotabots-operator".into(),
         instance: Some(cfg.lease.identity.clone()),
     };
+    let (model_recording, token_keys) = model_recording(
+        &client,
+        &cfg.models,
+        &cfg.lease.namespace,
+        cfg.client_api.is_some(),
+        model_log,
+    )
+    .await?;
+    let (model_stop_tx, model_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let model_controller = model_controller::run(
+        client.clone(),
+        cfg.models.settings.clone(),
+        reporter.clone(),
+        model_recording,
+        async move {
+            let _ = model_stop_rx.await;
+        },
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let controller = controller::run(
         client,
@@ -218,6 +274,8 @@ pub async fn run_with(
     let outcome = tokio::select! {
         r = server => Err(anyhow::anyhow!("the evidence API stopped: {r:?}")),
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
+        () = model_controller => Err(anyhow::anyhow!("the ModelAttestation controller stopped")),
+        () = token_keys => Err(anyhow::anyhow!("token signing key upkeep stopped")),
         lost = leader::hold(&leases, &cfg.lease) => Err(anyhow::anyhow!("leadership lost: {lost}")),
         r = probe_server => Err(anyhow::anyhow!("the probe server stopped: {r:?}")),
         () = keep_tls_current => Err(anyhow::anyhow!("TLS certificate upkeep stopped")),
@@ -227,6 +285,7 @@ pub async fn run_with(
     };
     leading.store(false, Ordering::SeqCst);
     let _ = stop_tx.send(());
+    let _ = model_stop_tx.send(());
     handle.graceful_shutdown(Some(Duration::from_secs(10)));
     // Uploads under way finish and are marked; what is left stays in the outbox.
     let _ = store_stop.send(true);
@@ -239,6 +298,60 @@ pub async fn run_with(
         );
     }
     outcome
+}
+
+/// How model verdicts are recorded: with the evidence store, the statement key (a file,
+/// or the token signing Secret); and, when the client API does not keep that Secret, the
+/// task that creates and rotates it.
+async fn model_recording(
+    client: &Client,
+    cfg: &ModelConfig,
+    namespace: &str,
+    client_api_served: bool,
+    log: Option<Arc<dyn crate::evidence_store::ModelLog>>,
+) -> anyhow::Result<(Option<Recording>, Pin<Box<dyn Future<Output = ()> + Send>>)> {
+    let idle: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(std::future::pending());
+    let Some(log) = log else {
+        return Ok((None, idle));
+    };
+    if let Some(path) = &cfg.statement_key {
+        let pem = std::fs::read_to_string(path)
+            .with_context(|| format!("reading --model-statement-key {}", path.display()))?;
+        let key = lotabots_model::keys::SigningKey::from_pem(&pem)
+            .map_err(|e| anyhow::anyhow!("--model-statement-key {}: {}", path.display(), e.0))?;
+        let key = StatementKey::Fixed(Arc::new(key));
+        return Ok((Some(Recording { log, key }), idle));
+    }
+    let key = StatementKey::TokenSecret {
+        secrets: Api::namespaced(client.clone(), namespace),
+        name: cfg.token_secret.clone(),
+    };
+    // The client API creates and rotates the token keys; without it, this does.
+    let upkeep: Pin<Box<dyn Future<Output = ()> + Send>> = if client_api_served {
+        idle
+    } else {
+        let store = KeyStore {
+            namespace: namespace.to_owned(),
+            secret: cfg.token_secret.clone(),
+            rotation: cfg.token_rotation,
+        };
+        // Created (or rotated) now, so that the first statement finds it.
+        let (keys, changes) = store
+            .reconcile(client, Timestamp::now())
+            .await
+            .with_context(|| {
+                format!(
+                    "loading the token signing keys from Secret {}",
+                    store.secret
+                )
+            })?;
+        for change in changes {
+            tracing::info!(%change, "token signing keys");
+        }
+        let ring = Arc::new(crate::tokens::keys::KeyRing::new(keys));
+        Box::pin(store.keep_current(client.clone(), ring, Duration::from_secs(600)))
+    };
+    Ok((Some(Recording { log, key }), upkeep))
 }
 
 fn probe_routes(registry: Registry, leading: Arc<AtomicBool>) -> Router {

@@ -265,7 +265,8 @@ enum Health {
     Stalled,
 }
 
-fn condition(
+/// A condition whose transition time is kept from `previous` unless its status changed.
+pub(crate) fn condition(
     previous: &[Condition],
     type_: &str,
     status: &str,
@@ -291,7 +292,7 @@ fn condition(
 }
 
 /// Clips a reason to [`MAX_REASON_CHARS`] characters, on a character boundary.
-fn clip(message: &str) -> String {
+pub(crate) fn clip(message: &str) -> String {
     if message.chars().count() <= MAX_REASON_CHARS {
         return message.to_owned();
     }

@@ -86,7 +86,8 @@ pub struct InputError {
 }
 
 impl InputError {
-    fn new(path: impl AsRef<Path>, problem: impl Into<String>) -> Self {
+    /// An error about `path` (a file, a flag or a spec field).
+    pub fn new(path: impl AsRef<Path>, problem: impl Into<String>) -> Self {
         Self {
             path: path.as_ref().display().to_string(),
             problem: problem.into(),
@@ -263,13 +264,22 @@ pub fn run(args: &AttestArgs) -> ExitCode {
     }
 }
 
-/// Everything read from the command line before any stage runs.
-struct Inputs {
-    source: LocalSource,
-    spec: Option<ModelAttestationSpec>,
-    trust: Option<Trust>,
-    signature: Option<PathBuf>,
-    signature_explicit: bool,
+/// Everything the stages run on, however it was gathered: from the command line
+/// (`attest-model`), or from a ModelAttestation and the objects it names (the
+/// controller).
+#[derive(Debug, Clone)]
+pub struct Inputs {
+    /// The model's files.
+    pub source: LocalSource,
+    /// The ModelAttestation spec that applies, if any.
+    pub spec: Option<ModelAttestationSpec>,
+    /// What the signature must verify against; `None`: the signature is not checked.
+    pub trust: Option<Trust>,
+    /// Where the signature bundle is.
+    pub signature: Option<PathBuf>,
+    /// Whether the bundle was named explicitly: then a missing one is unusable input
+    /// rather than the `SignatureMissing` failure of a default location.
+    pub signature_explicit: bool,
 }
 
 fn read_inputs(args: &AttestArgs) -> Result<Inputs, InputError> {
@@ -359,7 +369,10 @@ fn read_policy(path: &Path) -> Result<ModelAttestationSpec, InputError> {
     Ok(ma.spec)
 }
 
-fn policy_bundle_path(source: &LocalSource, bundle: &str) -> Result<PathBuf, InputError> {
+/// Where `spec.signature.bundle` points for a model at `source`: a `file:///PATH`, or a
+/// path relative to the model (beside it, for a single-file model). Object-store URIs
+/// are not read here.
+pub fn policy_bundle_path(source: &LocalSource, bundle: &str) -> Result<PathBuf, InputError> {
     match Location::parse(bundle) {
         Ok(Location::Local(p)) if bundle.starts_with("file://") => Ok(p),
         Ok(Location::Local(p)) => Ok(if source.is_single_file() {
@@ -374,7 +387,8 @@ fn policy_bundle_path(source: &LocalSource, bundle: &str) -> Result<PathBuf, Inp
     }
 }
 
-fn default_signature_path(source: &LocalSource) -> PathBuf {
+/// `model.sig` at the model's root (beside a single-file model): model_signing's default.
+pub fn default_signature_path(source: &LocalSource) -> PathBuf {
     if source.is_single_file() {
         source
             .root()
@@ -398,7 +412,13 @@ fn policy_serialization(spec: Option<&ModelAttestationSpec>) -> Serialization {
 
 /// Runs every stage on the model the arguments name.
 pub fn attest(args: &AttestArgs, opts: &HashOptions) -> Result<Report, InputError> {
-    let inputs = read_inputs(args)?;
+    run_stages(&args.model, &read_inputs(args)?, opts)
+}
+
+/// Runs every stage on `inputs`: the signature, the integrity of every file, safety and
+/// compliance, in that order; `model` is how the report names the model. Errors are
+/// unusable input (an unreadable or malformed signature bundle, named).
+pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Report, InputError> {
     let source = &inputs.source;
     let signature_name = inputs
         .signature
@@ -498,7 +518,7 @@ pub fn attest(args: &AttestArgs, opts: &HashOptions) -> Result<Report, InputErro
     };
     Ok(Report {
         schema_version: REPORT_SCHEMA,
-        model: args.model.clone(),
+        model: model.to_owned(),
         verdict,
         manifest_digest: found.as_ref().map(Manifest::digest_string),
         serialization: found.as_ref().map(|m| (&m.serialization).into()),
