@@ -139,7 +139,6 @@ pub async fn run_with(
         r = leader::acquire(&leases, &cfg.lease) => r.context("acquiring the leader Lease")?,
         () = &mut shutdown => return Ok(()),
     }
-    leading.store(true, Ordering::SeqCst);
 
     // Only the leader records and uploads: one writer of the audit chain's head, one
     // outbox worker (uploads are idempotent anyway).
@@ -271,6 +270,9 @@ pub async fn run_with(
         },
     );
 
+    // Ready once it leads AND everything a client relies on exists: the certificates and
+    // the CA ConfigMap issued, the store connected, the listeners about to be polled.
+    leading.store(true, Ordering::SeqCst);
     let outcome = tokio::select! {
         r = server => Err(anyhow::anyhow!("the evidence API stopped: {r:?}")),
         () = controller => Err(anyhow::anyhow!("the controller stopped")),
