@@ -238,6 +238,7 @@ fn helm_template_and_kustomize_render_the_same_objects() {
             "ClusterRole /lotabots-agent",
             "ClusterRole /lotabots-operator",
             "Role lotabots-system/lotabots-operator-certificates",
+            "Role lotabots-system/lotabots-operator-keys",
             "Role lotabots-system/lotabots-operator-leader-election",
         ],
         "one role per component that needs one; none for the webhook"
