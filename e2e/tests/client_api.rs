@@ -624,7 +624,10 @@ async fn schemathesis_finds_no_server_error_and_no_schema_violation(ctx: Ctx) ->
             .args([
                 "--checks",
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance",
-                "--max-examples", "25", "--workers", "2", "--no-color", "--seed", "1",
+                // One worker: CPython 3.11 compiling ASTs on two threads at once can fail
+                // inside schemathesis ("AST constructor recursion depth mismatch"), a crash
+                // of the tool, not a finding about the API.
+                "--max-examples", "25", "--workers", "1", "--no-color", "--seed", "1",
                 "--generation-database", "none",
             ])
             .output()
