@@ -8,7 +8,7 @@
 //! nodes whose agent went silent turn `Unknown`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{Stream, StreamExt};
@@ -19,7 +19,7 @@ use kube::core::{ObjectMeta, SelectorExt};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 use lotabots_crds::conditions::reason;
@@ -29,6 +29,7 @@ use lotabots_crds::gpu_attestation::{
 use lotabots_crds::labels;
 use serde_json::json;
 
+use crate::backoff::Backoff;
 use crate::evidence_api::LatestEvidence;
 use crate::evidence_store::VerdictLog;
 use crate::metrics::ControllerMetrics;
@@ -64,7 +65,7 @@ pub struct Context {
     settings: Settings,
     recorder: Recorder,
     metrics: ControllerMetrics,
-    failures: Mutex<HashMap<ObjectRef<GpuAttestation>, u32>>,
+    failures: Backoff<GpuAttestation>,
     /// Where verdict changes are recorded (the evidence store), if anywhere.
     verdict_log: Option<Arc<dyn VerdictLog>>,
 }
@@ -132,7 +133,7 @@ pub async fn run(
         evidence: evidence.clone(),
         settings,
         metrics,
-        failures: Mutex::default(),
+        failures: Backoff::default(),
         verdict_log,
     });
     controller
@@ -180,20 +181,14 @@ async fn reconcile(att: Arc<GpuAttestation>, ctx: Arc<Context>) -> Result<Action
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.observe_reconcile(outcome, started.elapsed());
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ObjectRef::from_obj(&*att));
+        ctx.failures.succeeded(&att);
     }
     result
 }
 
 /// Per-object exponential backoff: 2 s, 4 s, … up to 5 min; reset by a success.
 fn error_policy(att: Arc<GpuAttestation>, error: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-    let n = failures.entry(ObjectRef::from_obj(&*att)).or_insert(0);
-    *n = n.saturating_add(1);
-    let delay = Duration::from_secs(2u64.saturating_pow((*n).min(9))).min(Duration::from_secs(300));
+    let delay = ctx.failures.failed(&att);
     ctx.metrics.count_error(error.category());
     tracing::warn!(attestation = %att.name_any(), error = %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
@@ -580,7 +575,7 @@ mod tests {
                 reference_bundle: None,
             },
             metrics: ControllerMetrics::register(&prometheus::Registry::new()).unwrap(),
-            failures: Mutex::default(),
+            failures: Backoff::default(),
             verdict_log: None,
         }
     }

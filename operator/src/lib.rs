@@ -2,6 +2,7 @@
 //! verification of that evidence with the verifier the operator runs.
 
 pub mod auth;
+pub mod backoff;
 pub mod certs;
 pub mod challenges;
 pub mod cli;

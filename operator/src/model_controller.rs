@@ -11,8 +11,7 @@
 //! status write must not start another hash of the whole model). No finalizer: the controller
 //! leaves nothing outside the object to clean up.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,7 +20,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use lotabots_crds::conditions::reason;
@@ -31,6 +29,7 @@ use lotabots_model::hashing::HashOptions;
 use lotabots_model::keys::SigningKey;
 use serde_json::json;
 
+use crate::backoff::Backoff;
 use crate::controller::FIELD_MANAGER;
 use crate::evidence_store::{ModelLog, ModelResult};
 use crate::model_inputs::{self, ModelSettings};
@@ -102,7 +101,7 @@ pub struct Context {
     client: Client,
     settings: ModelSettings,
     recorder: Recorder,
-    failures: Mutex<HashMap<ObjectRef<ModelAttestation>, u32>>,
+    failures: Backoff<ModelAttestation>,
     recording: Option<Recording>,
 }
 
@@ -149,7 +148,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         client,
         settings,
-        failures: Mutex::default(),
+        failures: Backoff::default(),
         recording,
     });
     Controller::new(api, watcher::Config::default())
@@ -166,20 +165,14 @@ pub async fn run(
 async fn reconcile(att: Arc<ModelAttestation>, ctx: Arc<Context>) -> Result<Action, Error> {
     let result = apply(&att, &ctx).await;
     if result.is_ok() {
-        ctx.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&ObjectRef::from_obj(&*att));
+        ctx.failures.succeeded(&att);
     }
     result
 }
 
 /// Per-object exponential backoff: 2 s, 4 s, … up to 5 min; reset by a success.
 fn error_policy(att: Arc<ModelAttestation>, error: &Error, ctx: Arc<Context>) -> Action {
-    let mut failures = ctx.failures.lock().unwrap_or_else(|e| e.into_inner());
-    let n = failures.entry(ObjectRef::from_obj(&*att)).or_insert(0);
-    *n = n.saturating_add(1);
-    let delay = Duration::from_secs(2u64.saturating_pow((*n).min(9))).min(Duration::from_secs(300));
+    let delay = ctx.failures.failed(&att);
     tracing::warn!(
         attestation = %att.name_any(),
         namespace = att.namespace().unwrap_or_default(),
@@ -452,7 +445,7 @@ mod tests {
                 model_root: "/nonexistent".into(),
                 resync: Duration::from_secs(60),
             },
-            failures: Mutex::default(),
+            failures: Backoff::default(),
             recording: log.map(|log| Recording {
                 log,
                 key: StatementKey::Fixed(key.clone()),
