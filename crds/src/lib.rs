@@ -11,6 +11,7 @@ pub mod gpu_attestation;
 pub mod labels;
 pub mod mig;
 pub mod model_attestation;
+pub mod workload;
 
 /// API group of every lotabots custom resource.
 pub const GROUP: &str = "lotabots.io";
