@@ -40,6 +40,7 @@ pub mod supervisor;
 pub mod table;
 pub mod testbins;
 pub mod wait;
+pub mod webhook_process;
 
 use std::path::PathBuf;
 

@@ -14,6 +14,12 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
     status_field_kib(&status, "VmHWM:")
 }
 
+/// Current resident set size (`VmRSS`) of `pid` in KiB, if it is alive.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status_field_kib(&status, "VmRSS:")
+}
+
 fn status_field_kib(status: &str, field: &str) -> Option<u64> {
     status
         .lines()

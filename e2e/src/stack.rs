@@ -260,28 +260,60 @@ impl Webhook {
     /// Registers the production webhook configuration of `config/webhook/`, each
     /// webhook's Service reference replaced by this server's URL and CA.
     pub async fn register(&self, client: &kube::Client) -> Result<()> {
-        use k8s_openapi::ByteString;
         use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
 
-        let path = crate::repo_root().join("config/webhook/validating-webhook-configuration.yaml");
-        let mut config: ValidatingWebhookConfiguration =
-            serde_yaml::from_str(&std::fs::read_to_string(&path)?)
-                .with_context(|| format!("reading {}", path.display()))?;
-        for hook in config.webhooks.iter_mut().flatten() {
-            let service = hook
-                .client_config
-                .service
-                .take()
-                .context("a webhook without a Service")?;
-            hook.client_config.url =
-                Some(format!("{}{}", self.url, service.path.unwrap_or_default()));
-            hook.client_config.ca_bundle = Some(ByteString(self.ca_pem.clone().into_bytes()));
-        }
-        config.metadata.annotations = None;
         kube::Api::<ValidatingWebhookConfiguration>::all(client.clone())
-            .create(&kube::api::PostParams::default(), &config)
+            .create(
+                &kube::api::PostParams::default(),
+                &webhook_configuration(&self.url, &self.ca_pem, None)?,
+            )
             .await
             .context("registering the webhook configuration")?;
         Ok(())
     }
+}
+
+/// The production webhook configuration of `config/webhook/`, each webhook's Service
+/// reference replaced by `url` (`https://127.0.0.1:PORT`) and its `caBundle` by `ca_pem`.
+/// With `scope` (a name and namespaces) it is renamed and, on top of its own selectors,
+/// sent only the requests of those namespaces: so that scenarios running side by side on
+/// one API server each see only their own webhook.
+pub fn webhook_configuration(
+    url: &str,
+    ca_pem: &str,
+    scope: Option<(&str, &[&str])>,
+) -> Result<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration> {
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    let path = crate::repo_root().join("config/webhook/validating-webhook-configuration.yaml");
+    let mut config: ValidatingWebhookConfiguration =
+        serde_yaml::from_str(&std::fs::read_to_string(&path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+    for hook in config.webhooks.iter_mut().flatten() {
+        let service = hook
+            .client_config
+            .service
+            .take()
+            .context("a webhook without a Service")?;
+        hook.client_config.url = Some(format!("{url}{}", service.path.unwrap_or_default()));
+        hook.client_config.ca_bundle = Some(ByteString(ca_pem.as_bytes().to_vec()));
+        if let Some((_, namespaces)) = scope {
+            hook.namespace_selector
+                .get_or_insert_with(Default::default)
+                .match_expressions
+                .get_or_insert_with(Vec::new)
+                .push(LabelSelectorRequirement {
+                    key: "kubernetes.io/metadata.name".into(),
+                    operator: "In".into(),
+                    values: Some(namespaces.iter().map(|n| n.to_string()).collect()),
+                });
+        }
+    }
+    if let Some((name, _)) = scope {
+        config.metadata.name = Some(name.into());
+    }
+    config.metadata.annotations = None;
+    Ok(config)
 }

@@ -3,17 +3,30 @@
 //! policy. The API server itself refuses the pods that break the policy, lets the
 //! compliant ones and the exempt namespace through, warns on workload templates, and
 //! refuses lotabots resources that the schema's CEL cannot judge.
+//!
+//! The production binary as a process (`lotabots-webhook serve`): the ReplicaSet of a bad
+//! Deployment gets `FailedCreate` Events carrying the webhook's refusal; replacing the
+//! certificate files changes what it serves without a restart; stopped, it blocks pod
+//! creation in user namespaces only (kube-system and lotabots-system still admit), and
+//! started again it admits with the configuration untouched. Each scenario registers its
+//! own configuration, scoped to its namespace, since they share one API server.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::{EnvVar, HostPathVolumeSource, Pod, Volume, VolumeMount};
+
+use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{
+    EnvVar, Event as CoreEvent, HostPathVolumeSource, Pod, Volume, VolumeMount,
+};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use lotabots_crds::gpu_attestation::GpuAttestation;
 use lotabots_e2e::agents::service_account;
-use lotabots_e2e::stack::Webhook;
-use lotabots_e2e::{ControlPlane, pods, resources, scenario, suite::Ctx};
+use lotabots_e2e::stack::{Webhook, webhook_configuration};
+use lotabots_e2e::webhook_process::{WebhookPki, WebhookProcess};
+use lotabots_e2e::{ControlPlane, pods, resources, scenario, suite::Ctx, wait};
 
 fn main() -> ExitCode {
     lotabots_e2e::suite::main(
@@ -24,9 +37,12 @@ fn main() -> ExitCode {
                 .without_kwok()
                 .without_scheduler()
         },
-        &[scenario!(
-            the_api_server_enforces_the_mount_policy_through_the_webhook
-        )],
+        &[
+            scenario!(the_api_server_enforces_the_mount_policy_through_the_webhook),
+            scenario!(a_bad_template_is_warned_and_the_pods_of_its_replica_set_are_refused),
+            scenario!(admission_keeps_working_when_the_certificate_files_are_replaced),
+            scenario!(a_stopped_webhook_blocks_only_user_namespaces_and_a_restart_recovers),
+        ],
     )
 }
 
@@ -35,7 +51,12 @@ const SA: &str = "workload";
 
 /// A pod mounting `host_path` as volume `host` into container `main`.
 fn pod_with_host_path(name: &str, host_path: &str) -> Pod {
-    let mut pod = pods::pod(name, SA, &[], None);
+    pod_with_host_path_as(name, SA, host_path)
+}
+
+/// [`pod_with_host_path`] running as ServiceAccount `sa`.
+fn pod_with_host_path_as(name: &str, sa: &str, host_path: &str) -> Pod {
+    let mut pod = pods::pod(name, sa, &[], None);
     let spec = pod.spec.as_mut().expect("pods::pod has a spec");
     spec.volumes = Some(vec![Volume {
         name: "host".into(),
@@ -65,8 +86,23 @@ async fn refusal(api: &Api<Pod>, pod: &Pod) -> Result<String> {
 async fn the_api_server_enforces_the_mount_policy_through_the_webhook(ctx: Ctx) -> Result<()> {
     let client = ctx.client();
     let webhook = Webhook::start().await?;
-    webhook.register(&client).await?;
     let ns = ctx.namespace().await?;
+    // Scoped to this scenario's namespace (and the exempt ones), as the others are: they
+    // share the API server, and stop their webhooks.
+    let config_name = ctx.name("webhook");
+    Api::<ValidatingWebhookConfiguration>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &webhook_configuration(
+                &webhook.url,
+                &webhook.ca_pem,
+                Some((
+                    &config_name,
+                    &[ns.as_str(), "kube-system", "lotabots-system"],
+                )),
+            )?,
+        )
+        .await?;
     let api = Api::<Pod>::namespaced(client.clone(), &ns);
     service_account(&client, &ns, SA).await?;
 
@@ -185,5 +221,234 @@ async fn the_api_server_enforces_the_mount_policy_through_the_webhook(ctx: Ctx) 
         other => bail!("a GpuAttestation with an unknown MIG profile was not refused: {other:?}"),
     }
     eprintln!("webhook: refused by the API server: {why}");
+    delete_configuration(&ctx, &config_name).await
+}
+
+/// `lotabots-webhook serve` as a process, registered for `ns` only (scenarios share the
+/// API server) under a configuration named after the scenario; returns the process, its
+/// CA and the configuration's name.
+async fn webhook_for(ctx: &Ctx, ns: &str) -> Result<(WebhookProcess, WebhookPki, String)> {
+    let pki = WebhookPki::new()?;
+    let dir = ctx.plane().run_dir().join(ctx.name("webhook"));
+    let webhook = WebhookProcess::start(&dir, &pki.issue()?).await?;
+    let name = ctx.name("webhook");
+    let config = webhook_configuration(
+        &webhook.url(),
+        pki.ca_pem(),
+        Some((&name, &[ns, "kube-system", "lotabots-system"])),
+    )?;
+    Api::<ValidatingWebhookConfiguration>::all(ctx.client())
+        .create(&PostParams::default(), &config)
+        .await
+        .context("registering the webhook configuration")?;
+    Ok((webhook, pki, name))
+}
+
+/// Waits until the webhook refuses a runtime-socket pod in `ns`; returns the refusal.
+async fn until_enforced(api: &Api<Pod>) -> Result<String> {
+    let socket = pod_with_host_path("runtime-socket", "/var/run/containerd/containerd.sock");
+    wait::until(
+        "the webhook to refuse a runtime socket",
+        Duration::from_secs(30),
+        || {
+            let (api, socket) = (api.clone(), socket.clone());
+            async move {
+                Ok(match api.create(&dry_run(), &socket).await {
+                    Err(kube::Error::Api(s)) if s.message.contains("pods.webhook.lotabots.io") => {
+                        Some(s.message)
+                    }
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await
+}
+
+fn dry_run() -> PostParams {
+    PostParams {
+        dry_run: true,
+        ..Default::default()
+    }
+}
+
+async fn delete_configuration(ctx: &Ctx, name: &str) -> Result<()> {
+    Api::<ValidatingWebhookConfiguration>::all(ctx.client())
+        .delete(name, &Default::default())
+        .await?;
     Ok(())
+}
+
+/// A Deployment whose template mounts the runtime socket is admitted (with the webhook's
+/// warning); its ReplicaSet then cannot create a single pod, and says so in a
+/// `FailedCreate` Event naming the webhook. kube-system is never sent to the webhook.
+async fn a_bad_template_is_warned_and_the_pods_of_its_replica_set_are_refused(
+    ctx: Ctx,
+) -> Result<()> {
+    let client = ctx.client();
+    let ns = ctx.namespace().await?;
+    let (_webhook, _pki, config) = webhook_for(&ctx, &ns).await?;
+    let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    service_account(&client, &ns, SA).await?;
+    until_enforced(&pods_api).await?;
+
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: socket-mounter, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: s}}}}\n  template:\n    metadata: {{labels: {{app: s}}}}\n    \
+         spec:\n      serviceAccountName: {SA}\n      \
+         containers: [{{name: main, image: {img}, volumeMounts: [{{name: host, mountPath: /host}}]}}]\n      \
+         volumes: [{{name: host, hostPath: {{path: /run/containerd}}}}]\n",
+        img = pods::IMAGE
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), deployment)?;
+    let out = ctx
+        .plane()
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(file.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.success(), "the Deployment was refused: {stderr}");
+    ensure!(stderr.contains("Warning:"), "no warning: {stderr}");
+
+    let events = Api::<CoreEvent>::namespaced(client.clone(), &ns);
+    let failed = wait::until(
+        "a FailedCreate Event from the ReplicaSet controller",
+        Duration::from_secs(60),
+        || {
+            let events = events.clone();
+            async move {
+                Ok(events
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("FailedCreate")
+                            && e.involved_object.kind.as_deref() == Some("ReplicaSet")
+                    }))
+            }
+        },
+    )
+    .await?;
+    let message = failed.message.unwrap_or_default();
+    ensure!(
+        message.contains("pods.webhook.lotabots.io") && message.contains("protectedPaths"),
+        "the FailedCreate Event does not carry the webhook's refusal: {message}"
+    );
+    let created = pods_api.list(&ListParams::default()).await?.items;
+    ensure!(created.is_empty(), "pods were created: {}", created.len());
+
+    // kube-system is excluded by the production configuration's own selector.
+    let system = Api::<Pod>::namespaced(client.clone(), "kube-system");
+    system
+        .create(
+            &dry_run(),
+            &pod_with_host_path_as(
+                "system-socket",
+                "default",
+                "/run/containerd/containerd.sock",
+            ),
+        )
+        .await
+        .context("kube-system was intercepted")?;
+    delete_configuration(&ctx, &config).await
+}
+
+/// The certificate and key files are replaced (a renewed Secret): the running webhook
+/// serves the new certificate within seconds, without a restart, and the API server keeps
+/// calling it.
+async fn admission_keeps_working_when_the_certificate_files_are_replaced(ctx: Ctx) -> Result<()> {
+    let client = ctx.client();
+    let ns = ctx.namespace().await?;
+    let (webhook, pki, config) = webhook_for(&ctx, &ns).await?;
+    let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    service_account(&client, &ns, SA).await?;
+    until_enforced(&pods_api).await?;
+    let pid = webhook.pid();
+    let before = webhook.served_certificate(pki.ca_pem()).await?;
+
+    webhook.replace_certificate(&pki.issue()?)?;
+    let after = wait::until(
+        "the webhook to serve the new certificate",
+        Duration::from_secs(30),
+        || {
+            let (webhook, pki, before) = (&webhook, &pki, &before);
+            async move {
+                let now = webhook.served_certificate(pki.ca_pem()).await?;
+                Ok((now != *before).then_some(now))
+            }
+        },
+    )
+    .await?;
+    ensure!(after != before);
+    ensure!(webhook.pid() == pid, "the webhook was restarted");
+
+    // Fresh connections from the API server get the new certificate, and it still trusts it.
+    let why = refusal(
+        &pods_api,
+        &pod_with_host_path("socket-after", "/var/run/docker.sock"),
+    )
+    .await?;
+    ensure!(why.contains("pods.webhook.lotabots.io"), "{why}");
+    pods_api
+        .create(&dry_run(), &pods::pod("plain-after", SA, &[], None))
+        .await
+        .context("a compliant pod after the rotation")?;
+    delete_configuration(&ctx, &config).await
+}
+
+/// With the webhook stopped, pods in the user namespace are refused (failurePolicy Fail:
+/// no pod escapes the policy), while kube-system and the project's own namespace still
+/// admit pods; starting the webhook again restores admission with the configuration
+/// untouched.
+async fn a_stopped_webhook_blocks_only_user_namespaces_and_a_restart_recovers(
+    ctx: Ctx,
+) -> Result<()> {
+    let client = ctx.client();
+    let ns = ctx.namespace().await?;
+    let (mut webhook, _pki, config) = webhook_for(&ctx, &ns).await?;
+    let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
+    service_account(&client, &ns, SA).await?;
+    until_enforced(&pods_api).await?;
+    let configs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
+    let version = configs.get(&config).await?.metadata.resource_version;
+
+    webhook.stop();
+    let plain = pods::pod("plain", SA, &[], None);
+    match pods_api.create(&dry_run(), &plain).await {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.message.contains("failed calling webhook")
+                && s.message.contains("pods.webhook.lotabots.io"),
+            "refused, but not for the unreachable webhook: {}",
+            s.message
+        ),
+        other => bail!("a pod was admitted with the webhook down: {other:?}"),
+    }
+    resources::ensure_namespace(&client, "lotabots-system").await?;
+    for system_ns in ["kube-system", "lotabots-system"] {
+        Api::<Pod>::namespaced(client.clone(), system_ns)
+            .create(
+                &dry_run(),
+                &pod_with_host_path_as("while-down", "default", "/tmp"),
+            )
+            .await
+            .with_context(|| format!("a pod in {system_ns} with the webhook down"))?;
+    }
+
+    webhook.restart().await?;
+    wait::until("admission to work again", Duration::from_secs(30), || {
+        let (api, plain) = (pods_api.clone(), plain.clone());
+        async move { Ok(api.create(&dry_run(), &plain).await.ok().map(|_| ())) }
+    })
+    .await?;
+    until_enforced(&pods_api).await?;
+    ensure!(
+        configs.get(&config).await?.metadata.resource_version == version,
+        "the webhook configuration was changed"
+    );
+    delete_configuration(&ctx, &config).await
 }
