@@ -4,9 +4,12 @@
 //! the stages of `attest-model`. The scenario checks the status it writes by server-side
 //! apply — every stage condition, the manifest digest, the verdict, reasons naming files —
 //! for a good model, a model modified after signing (re-attested on the resync), a pickle
-//! that calls `os.system`, an `s3://` source, and a missing key ConfigMap; and that each
-//! verdict change is recorded in the evidence store (PostgreSQL, SeaweedFS as S3,
-//! fake-gcs-server as GCS) under the manifest digest, sealed with the operator's signed
+//! that calls `os.system`, and a missing key ConfigMap; the same for models in buckets
+//! (SeaweedFS as S3, fake-gcs-server as GCS) read with the credentials of the tenant's
+//! Secret — a signed model, a tampered copy whose bundle is in another prefix, an unsafe
+//! pickle, a `gs://` model, and one without credentials that the store refuses; and that
+//! each verdict change is recorded in the evidence store (PostgreSQL, SeaweedFS,
+//! fake-gcs-server) under the manifest digest, sealed with the operator's signed
 //! statement of every stage's result.
 
 use std::collections::BTreeMap;
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
 use kube::api::{ObjectMeta, PostParams};
@@ -24,16 +27,21 @@ use kube::runtime::events::Reporter;
 use lotabots_crds::model_attestation::{ModelAttestation, Verdict};
 use lotabots_e2e::evidence::{self, Recording as Stores};
 use lotabots_e2e::{ControlPlane, scenario, suite::Ctx, wait};
+use lotabots_model::attest::{Inputs, default_signature, run_stages};
 use lotabots_model::bundle::{Bundle, Trust};
 use lotabots_model::hashing::HashOptions;
+use lotabots_model::hashing::hash_model;
 use lotabots_model::keys::SigningKey;
 use lotabots_model::manifest::Serialization;
-use lotabots_model::source::LocalSource;
+use lotabots_model::remote::{Access, ObjectSource};
+use lotabots_model::source::{LocalSource, Location, Source};
 use lotabots_operator::evidence_store::ModelLog;
+use lotabots_operator::metrics::ModelMetrics;
 use lotabots_operator::model_controller::{self, Recording, StatementKey};
 use lotabots_operator::model_inputs::ModelSettings;
 use lotabots_operator::model_status::PREDICATE_TYPE;
 use lotabots_store::bundle;
+use lotabots_store::bundle::sha256_hex;
 use lotabots_store::db::{CopyState, Page, RecordFilter, RecordKind};
 use lotabots_store::objects::{ObjectStore, bundle_key};
 use serde_json::json;
@@ -93,6 +101,43 @@ fn sign(dir: &Path, key: &SigningKey) -> Result<String> {
     )?;
     std::fs::write(dir.join("model.sig"), bundle.to_json())?;
     Ok(manifest.digest_string())
+}
+
+/// The bucket models are uploaded to, in both object stores.
+const MODEL_BUCKET: &str = "models";
+
+/// Uploads the files of `dir` (flat) under `prefix/`, or only `only` when given.
+async fn upload(store: &dyn ObjectStore, dir: &Path, prefix: &str) -> Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("file name")?;
+        let bytes = std::fs::read(&path)?;
+        let digest = sha256_hex(&bytes);
+        store
+            .put(&format!("{prefix}/{name}"), bytes.into(), &digest)
+            .await
+            .with_context(|| format!("uploading {name} under {prefix}"))?;
+    }
+    Ok(())
+}
+
+/// A Secret of string data.
+fn secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
 }
 
 fn attestation(name: &str, spec: serde_json::Value) -> Result<ModelAttestation> {
@@ -184,12 +229,59 @@ async fn models_are_judged_stage_by_stage_and_re_attested(ctx: Ctx) -> Result<()
         b"cos\nsystem\n(S'echo pwned'\ntR.",
     )?;
 
+    // The same models in buckets: the signed one with its bundle inside its prefix; a
+    // copy with one file changed whose bundle is in another prefix; the pickled one. The
+    // tenant's Secrets hold the credentials (the operator has none of its own for them).
+    let servers = ctx.plane().stores()?;
+    let s3_models = support::s3_store(&servers.s3, MODEL_BUCKET).await?;
+    upload(&s3_models, &good_dir, "good").await?;
+    upload(&s3_models, &pickle_dir, "pickled").await?;
+    let tampered_dir = models.path().join("tampered");
+    write_model(&tampered_dir)?;
+    let mut weights = std::fs::read(tampered_dir.join("model.safetensors"))?;
+    weights[100] ^= 0x01;
+    std::fs::write(tampered_dir.join("model.safetensors"), weights)?;
+    upload(&s3_models, &tampered_dir, "tampered").await?;
+    let good_sig = std::fs::read(good_dir.join("model.sig"))?;
+    let good_sig_digest = sha256_hex(&good_sig);
+    s3_models
+        .put("sigs/tampered.sig", good_sig.into(), &good_sig_digest)
+        .await?;
+    let gcs_models = support::gcs_store(&servers.gcs, MODEL_BUCKET).await?;
+    upload(&gcs_models, &good_dir, "good").await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(
+                "s3-reader",
+                &[
+                    ("AWS_ACCESS_KEY_ID", servers.s3.access_key()),
+                    ("AWS_SECRET_ACCESS_KEY", servers.s3.secret_key()),
+                    ("AWS_REGION", servers.s3.region()),
+                    ("AWS_ENDPOINT_URL", servers.s3.endpoint()),
+                ],
+            ),
+        )
+        .await?;
+    secrets
+        .create(
+            &PostParams::default(),
+            &secret(
+                "gcs-reader",
+                &[("GCS_ENDPOINT_URL", servers.gcs.endpoint())],
+            ),
+        )
+        .await?;
+
     // The evidence store as `run` wires it, and the operator's statement key.
     let stores = Stores::start(client.clone(), ctx.plane().stores()?, &ns).await?;
     let statement_pem =
         rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?.serialize_pem();
     let statement_key = SigningKey::from_pem(&statement_pem).map_err(|e| anyhow::anyhow!(e.0))?;
     let statement_public = statement_key.public_key();
+    let registry = prometheus::Registry::new();
+    let metrics = ModelMetrics::register(&registry)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let controller = tokio::spawn(model_controller::run(
         client.clone(),
@@ -206,6 +298,7 @@ async fn models_are_judged_stage_by_stage_and_re_attested(ctx: Ctx) -> Result<()
             log: stores.store.clone() as Arc<dyn ModelLog>,
             key: StatementKey::Fixed(Arc::new(statement_key)),
         }),
+        metrics,
         async move {
             let _ = stopped.await;
         },
@@ -230,8 +323,39 @@ async fn models_are_judged_stage_by_stage_and_re_attested(ctx: Ctx) -> Result<()
                 }),
             )?,
             attestation(
-                "in-s3",
-                json!({"source": {"uri": "s3://models/llama"}}),
+                "s3-good",
+                json!({
+                    "source": {"uri": "s3://models/good", "credentialsSecretRef": {"name": "s3-reader"}},
+                    "signature": signature
+                }),
+            )?,
+            attestation(
+                "s3-tampered",
+                json!({
+                    "source": {"uri": "s3://models/tampered/", "credentialsSecretRef": {"name": "s3-reader"}},
+                    "signature": {
+                        "publicKey": {"configMapKeyRef": {"name": "signers", "key": "release.pub"}},
+                        "bundle": "s3://models/sigs/tampered.sig"
+                    }
+                }),
+            )?,
+            attestation(
+                "s3-pickled",
+                json!({
+                    "source": {"uri": "s3://models/pickled", "credentialsSecretRef": {"name": "s3-reader"}},
+                    "policy": {"allowedFormats": ["safetensors", "pickle"], "pickle": "AllowSafeGlobals"}
+                }),
+            )?,
+            attestation(
+                "s3-anonymous",
+                json!({"source": {"uri": "s3://models/good"}}),
+            )?,
+            attestation(
+                "gs-good",
+                json!({
+                    "source": {"uri": "gs://models/good", "credentialsSecretRef": {"name": "gcs-reader"}},
+                    "signature": signature
+                }),
             )?,
             attestation(
                 "no-key",
@@ -272,11 +396,98 @@ async fn models_are_judged_stage_by_stage_and_re_attested(ctx: Ctx) -> Result<()
             "reasons: {reasons:?}"
         );
 
-        // Object-store sources say plainly that they are not supported yet.
-        let in_s3 = wait_for(&api, "in-s3", "Ready", "False").await?;
-        let message = expect(&in_s3, "IntegrityVerified", "False", "SourceUnavailable")?;
-        ensure!(message.contains("not supported yet"), "{message}");
-        ensure!(in_s3.status.as_ref().and_then(|s| s.verdict) == Some(Verdict::Unknown));
+        // The signed model in S3 and in GCS: the same manifest, every stage passed.
+        for name in ["s3-good", "gs-good"] {
+            let att = wait_for(&api, name, "Ready", "True").await?;
+            expect(&att, "IntegrityVerified", "True", "DigestMatch")?;
+            expect(&att, "SignatureVerified", "True", "SignatureValid")?;
+            expect(&att, "SafetyScanned", "True", "ScanPassed")?;
+            expect(&att, "Compliant", "True", "PolicySatisfied")?;
+            let digest = att.status.as_ref().and_then(|s| s.manifest_digest.clone());
+            ensure!(
+                digest.as_deref() == Some(signed_digest.as_str()),
+                "{name}: manifest digest {digest:?}, signed {signed_digest}"
+            );
+        }
+
+        // attest-model's way: a source with a runtime of its own, settings from keys (the
+        // environment there), the stages run directly; and a prefix naming one object.
+        let (s3_keys, trust) = (
+            [
+                ("AWS_ACCESS_KEY_ID", servers.s3.access_key().to_owned()),
+                ("AWS_SECRET_ACCESS_KEY", servers.s3.secret_key().to_owned()),
+                ("AWS_REGION", servers.s3.region().to_owned()),
+                ("AWS_ENDPOINT_URL", servers.s3.endpoint().to_owned()),
+            ],
+            Trust::PublicKey(key.public_key()),
+        );
+        let digest = signed_digest.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let access = Access::from_keys(
+                |k| s3_keys.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()),
+                true,
+            )?;
+            let source: Arc<dyn Source> = Arc::new(ObjectSource::connect_blocking(
+                &Location::parse("s3://models/good").map_err(anyhow::Error::msg)?,
+                &access,
+            )?);
+            let inputs = Inputs {
+                signature: Some(default_signature(&source)),
+                source,
+                spec: None,
+                trust: Some(trust),
+                signature_explicit: false,
+            };
+            let report = run_stages("s3://models/good", &inputs, &HashOptions::default())?;
+            ensure!(report.verdict == Verdict::Attested, "{}", report.render_table());
+            ensure!(report.manifest_digest.as_deref() == Some(digest.as_str()));
+            ensure!(report.files == 3, "model.sig is not part of the model");
+
+            let single = ObjectSource::connect_blocking(
+                &Location::parse("s3://models/good/model.safetensors").map_err(anyhow::Error::msg)?,
+                &access,
+            )?;
+            let manifest = hash_model(
+                &single,
+                &Serialization::files(lotabots_crds::model_attestation::HashAlgorithm::Sha256),
+                &HashOptions::default(),
+            )?;
+            let names: Vec<_> = manifest.resources.keys().map(|k| k.path.clone()).collect();
+            ensure!(names == ["model.safetensors"], "{names:?}");
+            ensure!(single.is_single_file());
+            Ok(())
+        })
+        .await??;
+
+        // The tampered copy (its bundle in another prefix) fails integrity, naming the file.
+        let tampered = wait_for(&api, "s3-tampered", "IntegrityVerified", "False").await?;
+        let message = expect(&tampered, "IntegrityVerified", "False", "DigestMismatch")?;
+        ensure!(message.contains("model.safetensors"), "{message}");
+        ensure!(
+            !message.contains("README.md") && !message.contains("config.json"),
+            "only the changed file is named: {message}"
+        );
+        expect(&tampered, "SignatureVerified", "True", "SignatureValid")?;
+        expect(&tampered, "Ready", "False", "StageFailed")?;
+
+        // The unsafe pickle in S3 is refused, naming the file and the global.
+        let pickled = wait_for(&api, "s3-pickled", "SafetyScanned", "False").await?;
+        let message = expect(&pickled, "SafetyScanned", "False", "UnsafePickle")?;
+        ensure!(message.contains("extra.pkl"), "{message}");
+        let reasons = pickled.status.as_ref().map(|s| s.reasons.clone()).unwrap_or_default();
+        ensure!(
+            reasons
+                .iter()
+                .any(|r| r.contains("extra.pkl") && r.contains("system")),
+            "reasons: {reasons:?}"
+        );
+
+        // Without the tenant's credentials the model is not read with anybody else's:
+        // SeaweedFS refuses the unsigned listing and the model stays unjudged.
+        let anonymous = wait_for(&api, "s3-anonymous", "Ready", "False").await?;
+        let message = expect(&anonymous, "IntegrityVerified", "False", "SourceUnavailable")?;
+        ensure!(message.starts_with("s3://models/good"), "{message}");
+        ensure!(anonymous.status.as_ref().and_then(|s| s.verdict) == Some(Verdict::Unknown));
 
         // A key ConfigMap that does not exist is named.
         let no_key = wait_for(&api, "no-key", "SignatureVerified", "False").await?;
@@ -300,6 +511,48 @@ async fn models_are_judged_stage_by_stage_and_re_attested(ctx: Ctx) -> Result<()
                 == condition(&good, "SafetyScanned").map(|c| &c.last_transition_time),
             "an unchanged condition keeps its transition time"
         );
+
+        // The judgements are counted: verdicts, stage outcomes and times, bytes hashed.
+        let gathered = registry.gather();
+        let total = |name: &str, labels: &[(&str, &str)]| -> f64 {
+            gathered
+                .iter()
+                .filter(|f| f.name() == name)
+                .flat_map(|f| f.get_metric().iter())
+                .filter(|m| {
+                    labels.iter().all(|(k, v)| {
+                        m.get_label().iter().any(|l| l.name() == *k && l.value() == *v)
+                    })
+                })
+                .map(|m| {
+                    // A counter's histogram part is empty, and the reverse.
+ m.get_histogram().get_sample_count() as f64 + m.get_counter().get_value()
+                })
+                .sum()
+        };
+        ensure!(total("lotabots_model_attestations_total", &[("verdict", "Attested")]) >= 3.0);
+        ensure!(total("lotabots_model_attestations_total", &[("verdict", "Failed")]) >= 3.0);
+        ensure!(total("lotabots_model_attestations_total", &[("verdict", "Unknown")]) >= 2.0);
+        ensure!(
+            total(
+                "lotabots_model_stage_results_total",
+                &[("stage", "SafetyScanned"), ("outcome", "failed")]
+            ) >= 2.0
+        );
+        ensure!(
+            total(
+                "lotabots_model_stage_results_total",
+                &[("stage", "IntegrityVerified"), ("outcome", "blocked")]
+            ) >= 1.0
+        );
+        ensure!(
+            total(
+                "lotabots_model_stage_duration_seconds",
+                &[("stage", "IntegrityVerified")]
+            ) >= 6.0
+        );
+        // Three copies of the model (local, S3, GCS) at least, each over 4 KiB.
+        ensure!(total("lotabots_model_bytes_hashed_total", &[]) >= 3.0 * 4096.0);
 
         // Each verdict change of the model is a record under its manifest digest, sealed
         // with the operator's statement, signed over that digest.

@@ -32,6 +32,7 @@ use serde_json::json;
 use crate::backoff::Backoff;
 use crate::controller::FIELD_MANAGER;
 use crate::evidence_store::{ModelLog, ModelResult};
+use crate::metrics::ModelMetrics;
 use crate::model_inputs::{self, ModelSettings};
 use crate::model_status::{Blocked, Outcome, build_model_status, statement};
 
@@ -103,6 +104,7 @@ pub struct Context {
     recorder: Recorder,
     failures: Backoff<ModelAttestation>,
     recording: Option<Recording>,
+    metrics: ModelMetrics,
 }
 
 /// Why a reconcile failed (it is retried with backoff).
@@ -135,12 +137,14 @@ impl Error {
 }
 
 /// Runs the controller until `shutdown` resolves; with `recording`, every verdict change
-/// is recorded in the evidence store before the status shows it.
+/// is recorded in the evidence store before the status shows it. Every judgement is
+/// counted in `metrics`.
 pub async fn run(
     client: Client,
     settings: ModelSettings,
     reporter: Reporter,
     recording: Option<Recording>,
+    metrics: ModelMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let api: Api<ModelAttestation> = Api::all(client.clone());
@@ -150,6 +154,7 @@ pub async fn run(
         settings,
         failures: Backoff::default(),
         recording,
+        metrics,
     });
     Controller::new(api, watcher::Config::default())
         .graceful_shutdown_on(shutdown)
@@ -215,6 +220,7 @@ async fn apply(att: &ModelAttestation, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::requeue(wait));
     }
     let outcome = judge(att, ctx).await?;
+    ctx.metrics.observe(&outcome);
     let status = build_model_status(
         att.metadata.generation,
         att.status.as_ref(),
@@ -256,10 +262,18 @@ async fn judge(att: &ModelAttestation, ctx: &Context) -> Result<Outcome, Error> 
         Ok(trust) => trust,
         Err(blocked) => return Ok(Outcome::Blocked(blocked)),
     };
+    let access = match model_inputs::read_access(&ctx.client, &namespace, &att.spec).await? {
+        Ok(access) => access,
+        Err(blocked) => return Ok(Outcome::Blocked(blocked)),
+    };
     let spec = att.spec.clone();
     let root = ctx.settings.model_root.clone();
+    // Object-store reads block on this runtime from the blocking thread (and the rayon
+    // threads it starts), never from a worker.
+    let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let (model, inputs) = match model_inputs::local_inputs(&root, &namespace, &spec, trust) {
+        let found = model_inputs::inputs(&root, &namespace, &spec, trust, access.as_ref(), &handle);
+        let (model, inputs) = match found {
             Ok(found) => found,
             Err(blocked) => return Outcome::Blocked(blocked),
         };
@@ -450,6 +464,7 @@ mod tests {
                 log,
                 key: StatementKey::Fixed(key.clone()),
             }),
+            metrics: ModelMetrics::register(&prometheus::Registry::new()).unwrap(),
         };
         (ctx, key)
     }

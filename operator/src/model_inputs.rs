@@ -1,12 +1,15 @@
 //! What the ModelAttestation stages run on, gathered from a spec: where the model's
-//! files are (a `file://` URI, or a PVC mounted under [`ModelSettings::model_root`]),
-//! where its signature bundle is, and the key or CA certificates it must verify against
-//! (a ConfigMap or Secret key in the ModelAttestation's own namespace).
+//! files are (a `file://` URI, a PVC mounted under [`ModelSettings::model_root`], or an
+//! `s3://`/`gs://` prefix read with the credentials of `spec.source.credentialsSecretRef`
+//! in the ModelAttestation's own namespace — never the operator's), where its signature
+//! bundle is, and the key or CA certificates it must verify against (a ConfigMap or
+//! Secret key in the same namespace).
 //!
 //! Anything missing or malformed becomes a [`Blocked`] naming the object, key or path,
 //! which the status shows; only API failures are errors (retried with backoff).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -14,11 +17,13 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use lotabots_crds::conditions::{self, reason};
 use lotabots_crds::model_attestation::{KeyReference, ModelAttestationSpec, Verdict};
-use lotabots_model::attest::{Inputs, default_signature_path, policy_bundle_path};
+use lotabots_model::attest::{InputError, Inputs, default_signature, locate_bundle};
 use lotabots_model::bundle::Trust;
 use lotabots_model::chain::certificates_from_pem;
 use lotabots_model::keys::PublicKey;
-use lotabots_model::source::{LocalSource, Location};
+use lotabots_model::remote::{Access, ObjectSource};
+use lotabots_model::source::{LocalSource, Location, Source};
+use tokio::runtime::Handle;
 
 use crate::model_status::Blocked;
 
@@ -153,27 +158,94 @@ async fn read_reference(
     })
 }
 
-/// The model's location on this machine, as the report names it, and the stages' inputs;
-/// reads the filesystem (run it on a blocking thread).
-pub fn local_inputs(
+/// Largest credentials Secret value read.
+const MAX_SECRET_VALUE_BYTES: usize = 64 << 10;
+
+/// How an `s3://` or `gs://` model (and a bundle beside it) is reached: the keys of
+/// `spec.source.credentialsSecretRef` (see [`lotabots_model::remote::Access`] for the
+/// keys), or anonymous access without one. `Ok(None)` for a model that is not in an
+/// object store; `Ok(Err(_))` names a Secret that is missing or unusable.
+pub async fn read_access(
+    client: &Client,
+    namespace: &str,
+    spec: &ModelAttestationSpec,
+) -> Result<Result<Option<Access>, Blocked>, kube::Error> {
+    let remote = |uri: &Option<String>| {
+        uri.as_deref()
+            .is_some_and(|u| u.starts_with("s3://") || u.starts_with("gs://"))
+    };
+    let bundle = spec.signature.as_ref().and_then(|s| s.bundle.clone());
+    if !remote(&spec.source.uri) && !remote(&bundle) {
+        return Ok(Ok(None));
+    }
+    let Some(secret_ref) = &spec.source.credentials_secret_ref else {
+        return Ok(Ok(Some(Access::anonymous())));
+    };
+    let field = "spec.source.credentialsSecretRef";
+    let blocked = |message: String| {
+        Blocked::unknown(
+            conditions::INTEGRITY_VERIFIED,
+            reason::REFERENCE_NOT_FOUND,
+            format!("{field}: {message}"),
+        )
+    };
+    let name = &secret_ref.name;
+    let secret = match Api::<Secret>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+    {
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            return Ok(Err(blocked(format!(
+                "the operator may not read Secret {namespace}/{name}: grant its ServiceAccount get on Secrets in this namespace"
+            ))));
+        }
+        other => other?,
+    };
+    let Some(secret) = secret else {
+        return Ok(Err(blocked(format!(
+            "Secret {namespace}/{name} does not exist"
+        ))));
+    };
+    let mut data = std::collections::BTreeMap::new();
+    for (k, v) in secret.data.unwrap_or_default() {
+        if v.0.len() > MAX_SECRET_VALUE_BYTES {
+            return Ok(Err(blocked(format!(
+                "Secret {namespace}/{name} key {k:?} is larger than {MAX_SECRET_VALUE_BYTES} bytes"
+            ))));
+        }
+        data.insert(k, v.0);
+    }
+    Ok(Access::from_secret_data(&data)
+        .map(Some)
+        .map_err(|e| blocked(format!("Secret {namespace}/{name} key {e}"))))
+}
+
+/// The model's location as the report names it, and the stages' inputs. Reads the
+/// filesystem or lists the bucket, and blocks on `handle` for object stores: run it on
+/// a blocking thread.
+pub fn inputs(
     model_root: &Path,
     namespace: &str,
     spec: &ModelAttestationSpec,
     trust: Option<Trust>,
+    access: Option<&Access>,
+    handle: &Handle,
 ) -> Result<(String, Inputs), Blocked> {
     let integrity =
         |why, message: String| Blocked::unknown(conditions::INTEGRITY_VERIFIED, why, message);
-    let (model, path) = match (&spec.source.uri, &spec.source.pvc) {
+    let unavailable = |path: &str, problem: &str| {
+        integrity(reason::SOURCE_UNAVAILABLE, format!("{path}: {problem}"))
+    };
+    let connect = |loc: &Location| -> Result<Arc<dyn Source>, InputError> {
+        let access = access.cloned().unwrap_or_else(Access::anonymous);
+        let source = handle
+            .block_on(ObjectSource::connect(loc, &access, handle.clone()))
+            .map_err(|e| InputError::new(&e.path, e.problem))?;
+        Ok(Arc::new(source))
+    };
+    let (model, location) = match (&spec.source.uri, &spec.source.pvc) {
         (Some(uri), _) => match Location::parse(uri) {
-            Ok(Location::Local(p)) => (uri.clone(), p),
-            Ok(other) => {
-                return Err(integrity(
-                    reason::SOURCE_UNAVAILABLE,
-                    format!(
-                        "{other}: s3:// and gs:// model sources are not supported yet; use a file:// URI or a PVC"
-                    ),
-                ));
-            }
+            Ok(location) => (uri.clone(), location),
             Err(e) => {
                 return Err(integrity(
                     reason::INVALID_SPEC,
@@ -185,7 +257,7 @@ pub fn local_inputs(
             let path = pvc_path(model_root, namespace, &pvc.claim_name, &pvc.path);
             (
                 format!("pvc://{namespace}/{}/{}", pvc.claim_name, pvc.path),
-                path,
+                Location::Local(path),
             )
         }
         (None, None) => {
@@ -195,28 +267,37 @@ pub fn local_inputs(
             ));
         }
     };
-    let source = LocalSource::new(&path).map_err(|e| {
-        integrity(
-            reason::SOURCE_UNAVAILABLE,
-            format!("{}: {}", e.path, e.problem),
-        )
-    })?;
+    let source: Arc<dyn Source> = match &location {
+        Location::Local(path) => {
+            Arc::new(LocalSource::new(path).map_err(|e| unavailable(&e.path, &e.problem))?)
+        }
+        remote => {
+            let source = handle
+                .block_on(ObjectSource::connect(
+                    remote,
+                    access.unwrap_or(&Access::anonymous()),
+                    handle.clone(),
+                ))
+                .map_err(|e| unavailable(&e.path, &e.problem))?;
+            // An unreachable bucket or refused credentials leave the model unjudged
+            // (retried soon), not failed.
+            source
+                .check_reachable()
+                .map_err(|e| unavailable(&e.path, &e.problem))?;
+            Arc::new(source)
+        }
+    };
     let signature = match spec.signature.as_ref().map(|s| s.bundle.as_deref()) {
         None => None,
-        Some(None) => Some(default_signature_path(&source)),
-        Some(Some(b)) if b.starts_with("s3://") || b.starts_with("gs://") => {
-            return Err(Blocked::unknown(
-                conditions::SIGNATURE_VERIFIED,
-                reason::SIGNATURE_MISSING,
-                format!("spec.signature.bundle {b}: object-store bundles are not supported yet"),
-            ));
-        }
-        Some(Some(b)) => Some(policy_bundle_path(&source, b).map_err(|e| Blocked {
-            stage: Some(conditions::SIGNATURE_VERIFIED),
-            reason: reason::SIGNATURE_MISSING,
-            message: e.to_string(),
-            verdict: Verdict::Unknown,
-        })?),
+        Some(None) => Some(default_signature(&source)),
+        Some(Some(b)) => Some(
+            locate_bundle(&location, &source, b, &mut |loc| connect(loc)).map_err(|e| Blocked {
+                stage: Some(conditions::SIGNATURE_VERIFIED),
+                reason: reason::SIGNATURE_MISSING,
+                message: e.to_string(),
+                verdict: Verdict::Unknown,
+            })?,
+        ),
     };
     Ok((
         model,
@@ -244,20 +325,51 @@ pub fn pvc_path(root: &Path, namespace: &str, claim: &str, path: &str) -> PathBu
 
 #[cfg(test)]
 mod tests {
+    use lotabots_model::attest::SignatureRef;
+
     use super::*;
 
     fn spec(v: serde_json::Value) -> ModelAttestationSpec {
         serde_json::from_value(v).unwrap()
     }
 
+    /// [`inputs`] as the controller calls it: on a blocking thread of a runtime.
+    fn gather(
+        root: &Path,
+        namespace: &str,
+        spec: &ModelAttestationSpec,
+        access: Option<Access>,
+    ) -> Result<(String, Inputs), Blocked> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = rt.handle().clone();
+        let (root, namespace, spec) = (root.to_owned(), namespace.to_owned(), spec.clone());
+        let task = rt.spawn_blocking(move || {
+            inputs(&root, &namespace, &spec, None, access.as_ref(), &handle)
+        });
+        rt.block_on(task).unwrap()
+    }
+
     #[test]
-    fn object_store_sources_are_refused_as_not_supported_yet() {
+    fn an_unreachable_object_store_leaves_the_model_unjudged() {
+        // Nothing listens on port 1: the listing fails at once.
+        let access = Access::from_keys(
+            |k| match k {
+                "AWS_ENDPOINT_URL" | "GCS_ENDPOINT_URL" => Some("http://127.0.0.1:1".into()),
+                _ => None,
+            },
+            false,
+        )
+        .unwrap();
         for uri in ["s3://models/llama", "gs://models/llama"] {
             let s = spec(serde_json::json!({"source": {"uri": uri}}));
-            let b = local_inputs(Path::new("/models"), "ns", &s, None).unwrap_err();
+            let b = gather(Path::new("/models"), "ns", &s, Some(access.clone())).unwrap_err();
             assert_eq!(b.stage, Some(conditions::INTEGRITY_VERIFIED));
             assert_eq!(b.reason, reason::SOURCE_UNAVAILABLE);
-            assert!(b.message.contains("not supported yet"), "{}", b.message);
+            assert!(b.message.starts_with(uri), "{}", b.message);
             assert_eq!(b.verdict, Verdict::Unknown);
         }
     }
@@ -272,11 +384,11 @@ mod tests {
         let s = spec(serde_json::json!({
             "source": {"pvc": {"claimName": "weights", "path": "llama/8b"}}
         }));
-        let (name, inputs) = local_inputs(dir.path(), "team-a", &s, None).unwrap();
+        let (name, inputs) = gather(dir.path(), "team-a", &s, None).unwrap();
         assert_eq!(name, "pvc://team-a/weights/llama/8b");
-        assert_eq!(inputs.source.root(), model);
+        assert_eq!(inputs.source.local().unwrap().root(), model);
         assert!(inputs.signature.is_none());
-        let missing = local_inputs(dir.path(), "team-b", &s, None).unwrap_err();
+        let missing = gather(dir.path(), "team-b", &s, None).unwrap_err();
         assert_eq!(missing.reason, reason::SOURCE_UNAVAILABLE);
         assert!(
             missing.message.contains("team-b/weights"),
@@ -299,7 +411,10 @@ mod tests {
             spec(serde_json::json!({"source": {"uri": uri}, "signature": sig}))
         };
         let sig_of = |s: &ModelAttestationSpec| {
-            local_inputs(Path::new("/unused"), "ns", s, None).map(|(_, i)| i.signature.unwrap())
+            gather(Path::new("/unused"), "ns", s, None).map(|(_, i)| match i.signature {
+                Some(SignatureRef::Path(p)) => p,
+                other => panic!("{other:?}"),
+            })
         };
         assert_eq!(sig_of(&with(None)).unwrap(), dir.path().join("model.sig"));
         assert_eq!(
@@ -310,7 +425,5 @@ mod tests {
             sig_of(&with(Some("file:///elsewhere/m.sig"))).unwrap(),
             PathBuf::from("/elsewhere/m.sig")
         );
-        let s3 = sig_of(&with(Some("s3://bucket/m.sig"))).unwrap_err();
-        assert_eq!(s3.reason, reason::SIGNATURE_MISSING);
     }
 }

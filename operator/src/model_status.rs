@@ -288,6 +288,7 @@ mod tests {
             reason,
             message: format!("{stage} says {reason}"),
             files: Vec::new(),
+            took: None,
         };
         r.files = files
             .iter()
@@ -344,6 +345,7 @@ mod tests {
             signer: None,
             checked_at: Timestamp::UNIX_EPOCH,
             stages,
+            bytes_hashed: 0,
         }
     }
 

@@ -131,3 +131,31 @@ fn unusable_input_exits_2_naming_it() {
         .assert()
         .code(2);
 }
+
+/// Object-store models are read with the environment's settings; an unreachable store or
+/// a half-given credential is unusable input naming the location or the variable.
+#[test]
+fn object_store_problems_exit_2_naming_them() {
+    // Nothing listens on port 1: the listing is refused at once.
+    for (uri, endpoint) in [
+        ("s3://models/llama", "AWS_ENDPOINT_URL"),
+        ("gs://models/llama", "GCS_ENDPOINT_URL"),
+    ] {
+        cmd()
+            .args(["attest-model", uri])
+            .env(endpoint, "http://127.0.0.1:1")
+            .env("GCS_ANONYMOUS", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .assert()
+            .code(2)
+            .stderr(contains(uri));
+    }
+    cmd()
+        .args(["attest-model", "s3://models/llama"])
+        .env("AWS_ACCESS_KEY_ID", "AKID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .assert()
+        .code(2)
+        .stderr(contains("AWS_SECRET_ACCESS_KEY"));
+}

@@ -99,6 +99,7 @@ fn ours(dir: &Path, ser: &Serialization, threads: usize) -> Run {
         ser,
         &HashOptions {
             threads: Some(threads),
+            ..Default::default()
         },
     )
     .unwrap();

@@ -9,6 +9,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::ValueEnum;
 use jiff::Timestamp;
@@ -24,7 +25,8 @@ use crate::hash_as_signed;
 use crate::hashing::{HashError, HashOptions};
 use crate::keys::PublicKey;
 use crate::manifest::{Manifest, Method, Serialization};
-use crate::source::{LocalSource, Location};
+use crate::remote::{Access, ObjectSource};
+use crate::source::{LocalSource, Location, Source, read_bounded};
 
 /// `schemaVersion` of the JSON report.
 pub const REPORT_SCHEMA: &str = "lotabots.io/model-verdict/v1alpha1";
@@ -47,14 +49,16 @@ pub enum Format {
 /// `lotabots-operator attest-model`: verify a model's signature and integrity offline.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AttestArgs {
-    /// The model: a directory or file path, or file:///PATH (s3:// and gs:// need the
-    /// operator's store clients and are not read offline yet).
+    /// The model: a directory or file path, file:///PATH, s3://BUCKET/PREFIX or
+    /// gs://BUCKET/PREFIX (object stores are reached with the AWS_* and GCS_* variables
+    /// of the environment; see lotabots_model::remote).
     #[arg(value_name = "PATH|URI")]
     pub model: String,
-    /// The Sigstore bundle (model_signing's model.sig). Default: the policy's
-    /// spec.signature.bundle, else model.sig at the model's root when a key or CA is given.
-    #[arg(long, env = "LOTABOTS_SIGNATURE", value_name = "FILE")]
-    pub signature: Option<PathBuf>,
+    /// The Sigstore bundle (model_signing's model.sig): a path, or an s3:// or gs://
+    /// object. Default: the policy's spec.signature.bundle, else model.sig at the
+    /// model's root when a key or CA is given.
+    #[arg(long, env = "LOTABOTS_SIGNATURE", value_name = "FILE|URI")]
+    pub signature: Option<String>,
     /// PEM public key (EC P-256 or P-384) the signature must verify with.
     #[arg(
         long,
@@ -131,10 +135,15 @@ pub struct StageResult {
     /// Every file the stage objected to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<Objection>,
+    /// How long the stage took, when it ran here (for metrics; not part of the report,
+    /// which must not change with the machine's speed).
+    #[serde(skip)]
+    pub took: Option<std::time::Duration>,
 }
 
 impl StageResult {
-    pub(crate) fn new(
+    /// A stage result without objections or timing.
+    pub fn new(
         stage: &'static str,
         status: StageStatus,
         reason: &'static str,
@@ -146,6 +155,7 @@ impl StageResult {
             reason,
             message: message.into(),
             files: Vec::new(),
+            took: None,
         }
     }
 }
@@ -202,6 +212,9 @@ pub struct Report {
     pub checked_at: Timestamp,
     /// Every stage, in pipeline order.
     pub stages: Vec<StageResult>,
+    /// Bytes read and hashed for the manifest (for metrics; not part of the report).
+    #[serde(skip)]
+    pub bytes_hashed: u64,
 }
 
 impl Report {
@@ -264,35 +277,102 @@ pub fn run(args: &AttestArgs) -> ExitCode {
     }
 }
 
+/// Where a signature bundle is.
+#[derive(Debug, Clone)]
+pub enum SignatureRef {
+    /// A local file (inside a local model, or anywhere).
+    Path(PathBuf),
+    /// A file of the model's own source by its model-relative name (a bundle under an
+    /// object-store model's prefix); it is left out of the model's manifest.
+    InModel(String),
+    /// A file of another source (a bundle in another bucket or prefix).
+    Elsewhere {
+        /// The source holding it.
+        source: Arc<dyn Source>,
+        /// Its name there.
+        name: String,
+    },
+}
+
+impl SignatureRef {
+    /// The path or URI, for messages.
+    pub fn display(&self, model: &dyn Source) -> String {
+        match self {
+            Self::Path(p) => p.display().to_string(),
+            Self::InModel(name) => model.display_name(name),
+            Self::Elsewhere { source, name } => source.display_name(name),
+        }
+    }
+
+    /// The bundle's bytes (at most [`MAX_BUNDLE_BYTES`]); `Ok(None)` when it does not
+    /// exist.
+    fn read(&self, model: &dyn Source) -> Result<Option<Vec<u8>>, crate::source::SourceError> {
+        match self {
+            Self::Path(p) => read_bounded(p, MAX_BUNDLE_BYTES),
+            Self::InModel(name) => model.read_small(name, MAX_BUNDLE_BYTES),
+            Self::Elsewhere { source, name } => source.read_small(name, MAX_BUNDLE_BYTES),
+        }
+    }
+
+    /// Its model-relative name when it lies inside the model (then it is not part of the
+    /// model's own manifest).
+    fn name_in(&self, model: &dyn Source) -> Option<String> {
+        match self {
+            Self::Path(p) => model.local().and_then(|l| l.relative_name(p)),
+            Self::InModel(name) => Some(name.clone()),
+            Self::Elsewhere { .. } => None,
+        }
+    }
+}
+
 /// Everything the stages run on, however it was gathered: from the command line
 /// (`attest-model`), or from a ModelAttestation and the objects it names (the
 /// controller).
 #[derive(Debug, Clone)]
 pub struct Inputs {
     /// The model's files.
-    pub source: LocalSource,
+    pub source: Arc<dyn Source>,
     /// The ModelAttestation spec that applies, if any.
     pub spec: Option<ModelAttestationSpec>,
     /// What the signature must verify against; `None`: the signature is not checked.
     pub trust: Option<Trust>,
     /// Where the signature bundle is.
-    pub signature: Option<PathBuf>,
+    pub signature: Option<SignatureRef>,
     /// Whether the bundle was named explicitly: then a missing one is unusable input
     /// rather than the `SignatureMissing` failure of a default location.
     pub signature_explicit: bool,
 }
 
 fn read_inputs(args: &AttestArgs) -> Result<Inputs, InputError> {
-    let root = match Location::parse(&args.model).map_err(|e| InputError::new("MODEL", e))? {
-        Location::Local(p) => p,
-        other => {
-            return Err(InputError::new(
-                other.to_string(),
-                "object-store models are read by the operator's store clients; attest-model reads local paths and file:// URIs",
-            ));
+    let location = Location::parse(&args.model).map_err(|e| InputError::new("MODEL", e))?;
+    // Object stores are reached with the environment's settings, read once.
+    let mut access: Option<Access> = None;
+    let mut connect = |loc: &Location| -> Result<Arc<dyn Source>, InputError> {
+        let access = match &access {
+            Some(a) => a.clone(),
+            None => access
+                .insert(Access::from_env().map_err(|e| InputError::new(e.key, e.problem))?)
+                .clone(),
+        };
+        let source = ObjectSource::connect_blocking(loc, &access)
+            .map_err(|e| InputError::new(&e.path, e.problem))?;
+        Ok(Arc::new(source))
+    };
+    let source: Arc<dyn Source> = match &location {
+        Location::Local(root) => {
+            Arc::new(LocalSource::new(root).map_err(|e| InputError::new(&e.path, e.problem))?)
+        }
+        remote => {
+            let access = Access::from_env().map_err(|e| InputError::new(e.key, e.problem))?;
+            let source = ObjectSource::connect_blocking(remote, &access)
+                .map_err(|e| InputError::new(&e.path, e.problem))?;
+            // Unreachable or empty is unusable input (exit 2), not a model failing.
+            source
+                .check_reachable()
+                .map_err(|e| InputError::new(&e.path, e.problem))?;
+            Arc::new(source)
         }
     };
-    let source = LocalSource::new(&root).map_err(|e| InputError::new(&e.path, e.problem))?;
     let spec = args.policy.as_deref().map(read_policy).transpose()?;
     let trust = match (&args.public_key, &args.certificate_chain) {
         (Some(p), _) => {
@@ -322,9 +402,18 @@ fn read_inputs(args: &AttestArgs) -> Result<Inputs, InputError> {
         ));
     }
     let (signature, explicit) = match (&args.signature, policy_bundle) {
-        (Some(p), _) => (Some(p.clone()), true),
-        (None, Some(Some(b))) => (Some(policy_bundle_path(&source, &b)?), false),
-        (None, _) if trust.is_some() => (Some(default_signature_path(&source)), false),
+        (Some(p), _) => {
+            let sig = match Location::parse(p) {
+                Ok(Location::Local(_)) | Err(_) => SignatureRef::Path(PathBuf::from(p)),
+                Ok(_) => locate_bundle(&location, &source, p, &mut connect)?,
+            };
+            (Some(sig), true)
+        }
+        (None, Some(Some(b))) => (
+            Some(locate_bundle(&location, &source, &b, &mut connect)?),
+            false,
+        ),
+        (None, _) if trust.is_some() => (Some(default_signature(&source)), false),
         (None, _) => (None, false),
     };
     Ok(Inputs {
@@ -334,21 +423,6 @@ fn read_inputs(args: &AttestArgs) -> Result<Inputs, InputError> {
         signature,
         signature_explicit: explicit,
     })
-}
-
-/// Reads a file of at most `max` bytes; a larger one is an error naming the limit.
-fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > max {
-        return Err(std::io::Error::other(format!(
-            "larger than {max} bytes: not a signature bundle"
-        )));
-    }
-    Ok(bytes)
 }
 
 fn read_text(path: &Path) -> Result<String, InputError> {
@@ -369,34 +443,132 @@ fn read_policy(path: &Path) -> Result<ModelAttestationSpec, InputError> {
     Ok(ma.spec)
 }
 
-/// Where `spec.signature.bundle` points for a model at `source`: a `file:///PATH`, or a
-/// path relative to the model (beside it, for a single-file model). Object-store URIs
-/// are not read here.
-pub fn policy_bundle_path(source: &LocalSource, bundle: &str) -> Result<PathBuf, InputError> {
+/// Opens an object-store location (with the model's credentials) as a source.
+pub type Connect<'a> = dyn FnMut(&Location) -> Result<Arc<dyn Source>, InputError> + 'a;
+
+/// Where `spec.signature.bundle` points for the model at `model` (read through
+/// `source`): a `file:///PATH`; a path relative to the model (beside it, for a
+/// single-file local model); or an `s3://`/`gs://` object, which is a file of the model
+/// when it lies under the model's prefix and is otherwise read through a source that
+/// `connect` opens for its parent prefix (with the model's credentials).
+pub fn locate_bundle(
+    model: &Location,
+    source: &Arc<dyn Source>,
+    bundle: &str,
+    connect: &mut Connect<'_>,
+) -> Result<SignatureRef, InputError> {
+    let field = "spec.signature.bundle";
     match Location::parse(bundle) {
-        Ok(Location::Local(p)) if bundle.starts_with("file://") => Ok(p),
-        Ok(Location::Local(p)) => Ok(if source.is_single_file() {
-            source.root().parent().unwrap_or(Path::new(".")).join(p)
-        } else {
-            source.root().join(p)
-        }),
-        _ => Err(InputError::new(
-            "spec.signature.bundle",
-            format!("{bundle:?} is not a local path; attest-model reads local bundles only"),
-        )),
+        Ok(Location::Local(p)) if bundle.starts_with("file://") => Ok(SignatureRef::Path(p)),
+        Ok(Location::Local(p)) => match source.local() {
+            Some(local) if local.is_single_file() => Ok(SignatureRef::Path(
+                local.root().parent().unwrap_or(Path::new(".")).join(p),
+            )),
+            Some(local) => Ok(SignatureRef::Path(local.root().join(p))),
+            None => Ok(SignatureRef::InModel(
+                bundle.trim_start_matches("./").to_owned(),
+            )),
+        },
+        Ok(object) => {
+            if let Some(name) = name_under(model, &object) {
+                return Ok(SignatureRef::InModel(name));
+            }
+            let (parent, name) = split_object(&object).ok_or_else(|| {
+                InputError::new(field, format!("{bundle:?} does not name an object"))
+            })?;
+            Ok(SignatureRef::Elsewhere {
+                source: connect(&parent)?,
+                name,
+            })
+        }
+        Err(e) => Err(InputError::new(field, e)),
     }
 }
 
-/// `model.sig` at the model's root (beside a single-file model): model_signing's default.
-pub fn default_signature_path(source: &LocalSource) -> PathBuf {
-    if source.is_single_file() {
-        source
-            .root()
-            .parent()
-            .unwrap_or(Path::new("."))
-            .join(DEFAULT_SIGNATURE_NAME)
+/// The model-relative name of `object` when it lies under the prefix of `model` (same
+/// store and bucket).
+fn name_under(model: &Location, object: &Location) -> Option<String> {
+    let (mb, mp, ob, op) = match (model, object) {
+        (
+            Location::S3 {
+                bucket: mb,
+                prefix: mp,
+            },
+            Location::S3 {
+                bucket: ob,
+                prefix: op,
+            },
+        )
+        | (
+            Location::Gcs {
+                bucket: mb,
+                prefix: mp,
+            },
+            Location::Gcs {
+                bucket: ob,
+                prefix: op,
+            },
+        ) => (mb, mp, ob, op),
+        _ => return None,
+    };
+    if mb != ob {
+        return None;
+    }
+    let mp = mp.trim_end_matches('/');
+    let rel = if mp.is_empty() {
+        op.as_str()
     } else {
-        source.root().join(DEFAULT_SIGNATURE_NAME)
+        op.strip_prefix(mp)?.strip_prefix('/')?
+    };
+    (!rel.is_empty()).then(|| rel.to_owned())
+}
+
+/// An object location split into its parent prefix and its final name.
+fn split_object(object: &Location) -> Option<(Location, String)> {
+    let (prefix, name) = match object {
+        Location::S3 { prefix, .. } | Location::Gcs { prefix, .. } => {
+            match prefix.trim_end_matches('/').rsplit_once('/') {
+                Some((parent, name)) => (parent.to_owned(), name.to_owned()),
+                None => (String::new(), prefix.trim_end_matches('/').to_owned()),
+            }
+        }
+        Location::Local(_) => return None,
+    };
+    if name.is_empty() {
+        return None;
+    }
+    Some(match object {
+        Location::S3 { bucket, .. } => (
+            Location::S3 {
+                bucket: bucket.clone(),
+                prefix,
+            },
+            name,
+        ),
+        Location::Gcs { bucket, .. } => (
+            Location::Gcs {
+                bucket: bucket.clone(),
+                prefix,
+            },
+            name,
+        ),
+        Location::Local(_) => return None,
+    })
+}
+
+/// `model.sig` at the model's root (beside a single-file local model): model_signing's
+/// default.
+pub fn default_signature(source: &Arc<dyn Source>) -> SignatureRef {
+    match source.local() {
+        Some(local) if local.is_single_file() => SignatureRef::Path(
+            local
+                .root()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(DEFAULT_SIGNATURE_NAME),
+        ),
+        Some(local) => SignatureRef::Path(local.root().join(DEFAULT_SIGNATURE_NAME)),
+        None => SignatureRef::InModel(DEFAULT_SIGNATURE_NAME.to_owned()),
     }
 }
 
@@ -419,29 +591,32 @@ pub fn attest(args: &AttestArgs, opts: &HashOptions) -> Result<Report, InputErro
 /// compliance, in that order; `model` is how the report names the model. Errors are
 /// unusable input (an unreadable or malformed signature bundle, named).
 pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Report, InputError> {
-    let source = &inputs.source;
-    let signature_name = inputs
-        .signature
-        .as_deref()
-        .and_then(|p| source.relative_name(p));
+    let source: &dyn Source = &*inputs.source;
+    let signature_name = inputs.signature.as_ref().and_then(|s| s.name_in(source));
     let spec = inputs.spec.as_ref();
 
+    let started = std::time::Instant::now();
     // Signature first: a verified signature decides how the model is re-hashed.
     let mut signed: Option<(Manifest, Signer)> = None;
     let signature_stage = match (&inputs.trust, &inputs.signature) {
-        (Some(trust), Some(path)) => match read_bounded(path, MAX_BUNDLE_BYTES) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !inputs.signature_explicit => {
-                StageResult::new(
-                    conditions::SIGNATURE_VERIFIED,
-                    StageStatus::Failed,
-                    reason::SIGNATURE_MISSING,
-                    format!("no signature bundle at {}", path.display()),
-                )
+        (Some(trust), Some(sig)) => match sig.read(source) {
+            Ok(None) if !inputs.signature_explicit => StageResult::new(
+                conditions::SIGNATURE_VERIFIED,
+                StageStatus::Failed,
+                reason::SIGNATURE_MISSING,
+                format!("no signature bundle at {}", sig.display(source)),
+            ),
+            Ok(None) => {
+                return Err(InputError::new(
+                    sig.display(source),
+                    "no such file or object",
+                ));
             }
-            Err(e) => return Err(InputError::new(path, e.to_string())),
-            Ok(bytes) => {
+            Err(e) => return Err(InputError::new(&e.path, e.problem)),
+            Ok(Some(bytes)) => {
+                let path = sig.display(source);
                 let bundle =
-                    Bundle::from_json(&bytes).map_err(|e| InputError::new(path, e.to_string()))?;
+                    Bundle::from_json(&bytes).map_err(|e| InputError::new(&path, e.to_string()))?;
                 match bundle.verify(trust) {
                     Ok((manifest, signer)) => {
                         let msg = format!(
@@ -459,7 +634,7 @@ pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Re
                         )
                     }
                     Err(e @ BundleError::Malformed(_)) => {
-                        return Err(InputError::new(path, e.to_string()));
+                        return Err(InputError::new(&path, e.to_string()));
                     }
                     Err(e) => StageResult::new(
                         conditions::SIGNATURE_VERIFIED,
@@ -478,7 +653,16 @@ pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Re
         ),
     };
 
+    let mut signature_stage = signature_stage;
+    signature_stage.took = Some(started.elapsed());
+
     // Integrity: the signed parameters when there is a signature, else the policy's.
+    let started = std::time::Instant::now();
+    let bytes_hashed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opts = &HashOptions {
+        bytes_read: Some(bytes_hashed.clone()),
+        ..opts.clone()
+    };
     let serialization = signed
         .as_ref()
         .map(|(m, _)| m.serialization.clone())
@@ -491,10 +675,11 @@ pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Re
         signed_manifest,
         opts,
     );
-    let integrity_stage = match &hashed {
+    let mut integrity_stage = match &hashed {
         Ok(found) => integrity(found, signed_manifest, spec, &signature_stage),
         Err(e) => unhashable(source, e),
     };
+    integrity_stage.took = Some(started.elapsed());
     let found = hashed.ok();
 
     let mut stages = vec![integrity_stage, signature_stage];
@@ -506,11 +691,14 @@ pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Re
             .map_err(|e| InputError::new("--signature", e))?;
     }
     let policy = spec.map(|s| s.policy.clone()).unwrap_or_default();
-    stages.extend(crate::safety::scan_and_comply(
-        source.root(),
-        &policy,
-        &not_model,
-    ));
+    let started = std::time::Instant::now();
+    let [mut safety, compliance] = match source.local() {
+        Some(local) => crate::safety::scan_and_comply(local.root(), &policy, &not_model),
+        None => crate::safety::scan_and_comply_source(source, &policy, &not_model),
+    };
+    // One pass scans and then judges compliance on the scan: the time is the scan's.
+    safety.took = Some(started.elapsed());
+    stages.extend([safety, compliance]);
     let verdict = if stages.iter().any(|s| s.status == StageStatus::Failed) {
         Verdict::Failed
     } else {
@@ -526,13 +714,14 @@ pub fn run_stages(model: &str, inputs: &Inputs, opts: &HashOptions) -> Result<Re
         signer: signed.map(|(_, s)| s),
         checked_at: Timestamp::now(),
         stages,
+        bytes_hashed: bytes_hashed.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
 /// The model exists but holds something a manifest cannot cover (a symbolic link, a
 /// socket, a file name that is not UTF-8, a file changing while read, no file at all):
 /// that is the model failing integrity, not unusable input.
-fn unhashable(source: &LocalSource, e: &HashError) -> StageResult {
+fn unhashable(source: &dyn Source, e: &HashError) -> StageResult {
     let mut r = StageResult::new(
         conditions::INTEGRITY_VERIFIED,
         StageStatus::Failed,
@@ -547,12 +736,19 @@ fn unhashable(source: &LocalSource, e: &HashError) -> StageResult {
     if let Some((path, problem)) = named {
         // Walk errors carry root/NAME; name the file as the manifest would (lexically: a
         // link must be named, not the target it resolves to).
-        let name = Path::new(&path)
-            .strip_prefix(source.root())
-            .ok()
-            .and_then(|rel| rel.to_str())
-            .filter(|rel| !rel.is_empty())
-            .map_or(path.clone(), str::to_owned);
+        let name = match source.local() {
+            Some(local) => Path::new(&path)
+                .strip_prefix(local.root())
+                .ok()
+                .and_then(|rel| rel.to_str())
+                .map(str::to_owned),
+            None => path
+                .strip_prefix(&source.location())
+                .and_then(|rel| rel.strip_prefix('/'))
+                .map(str::to_owned),
+        }
+        .filter(|rel| !rel.is_empty())
+        .unwrap_or_else(|| path.clone());
         r.files.push(Objection {
             path: name,
             problem,
@@ -659,6 +855,37 @@ mod tests {
         let both =
             Cli::try_parse_from(["x", "/m", "--public-key", "k", "--certificate-chain", "c"]);
         assert!(both.is_err(), "a key and a CA at once must be refused");
+    }
+
+    #[test]
+    fn bundles_in_buckets_are_model_files_only_under_the_model_prefix() {
+        let loc = |s: &str| Location::parse(s).unwrap();
+        let model = loc("s3://models/llama/8b/");
+        assert_eq!(
+            name_under(&model, &loc("s3://models/llama/8b/sigs/model.sig")).as_deref(),
+            Some("sigs/model.sig")
+        );
+        for elsewhere in [
+            "s3://models/llama/8b-sigs/model.sig",
+            "s3://other/llama/8b/model.sig",
+            "gs://models/llama/8b/model.sig",
+            "s3://models/llama/8b",
+        ] {
+            assert_eq!(name_under(&model, &loc(elsewhere)), None, "{elsewhere}");
+        }
+        assert_eq!(
+            name_under(&loc("gs://whole"), &loc("gs://whole/a/b.sig")).as_deref(),
+            Some("a/b.sig")
+        );
+        assert_eq!(
+            split_object(&loc("s3://sigs/release/llama.sig")),
+            Some((loc("s3://sigs/release"), "llama.sig".to_owned()))
+        );
+        assert_eq!(
+            split_object(&loc("gs://sigs/llama.sig")),
+            Some((loc("gs://sigs"), "llama.sig".to_owned()))
+        );
+        assert_eq!(split_object(&loc("s3://sigs")), None);
     }
 
     #[test]

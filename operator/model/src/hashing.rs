@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use lotabots_crds::model_attestation::HashAlgorithm;
 use rayon::prelude::*;
@@ -23,8 +25,11 @@ const BLAKE3_PARALLEL_BUFFER: usize = 1 << 20;
 /// How to hash.
 #[derive(Debug, Clone, Default)]
 pub struct HashOptions {
-    /// Worker threads; `None`: rayon's default (one per core).
+    /// Worker threads; `None`: what the source prefers (object stores read more ranges
+    /// at once than there are cores), else rayon's default (one per core).
     pub threads: Option<usize>,
+    /// Bytes hashed are added here, when given (the controller's metrics).
+    pub bytes_read: Option<Arc<AtomicU64>>,
 }
 
 /// Why a model could not be hashed.
@@ -113,11 +118,14 @@ pub fn hash_files(
             .map(|(key, len)| {
                 let (start, end) = key.range.unwrap_or((0, len));
                 let digest = hash_range(source, &key.path, start, end, hash)?;
+                if let Some(counter) = &opts.bytes_read {
+                    counter.fetch_add(end - start, Ordering::Relaxed);
+                }
                 Ok((key, digest))
             })
             .collect::<Result<BTreeMap<_, _>, HashError>>()
     };
-    match opts.threads {
+    match opts.threads.or_else(|| source.read_parallelism()) {
         None => run(),
         Some(n) => rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -248,7 +256,10 @@ mod tests {
         let sharded = hash_model(
             &src,
             &Serialization::shards(HashAlgorithm::Sha256, 1000),
-            &HashOptions { threads: Some(2) },
+            &HashOptions {
+                threads: Some(2),
+                ..Default::default()
+            },
         )
         .unwrap();
         let names: Vec<_> = sharded.resources.keys().map(ToString::to_string).collect();

@@ -2,8 +2,8 @@
 //! signing and offline verification, and the `attest-model` command.
 //!
 //! The pieces, in the order a verification uses them:
-//! - [`source`]: where the files are ([`source::Source`]; local paths now, object stores
-//!   through the same trait);
+//! - [`source`]: where the files are ([`source::Source`]: local paths, and `s3://` and
+//!   `gs://` prefixes in [`remote`]);
 //! - [`hashing`]: the parallel, streaming manifest of a model ([`hashing::hash_model`]);
 //! - [`manifest`] and [`statement`]: the manifest and its in-toto statement, byte-compatible
 //!   with the Python reference `model_signing` 1.x;
@@ -19,6 +19,7 @@ pub mod hashing;
 pub mod ignore;
 pub mod keys;
 pub mod manifest;
+pub mod remote;
 pub mod safety;
 pub mod source;
 pub mod statement;
@@ -26,7 +27,7 @@ pub mod statement;
 use bundle::{Bundle, BundleError, Signer, Trust};
 use hashing::{HashError, HashOptions, hash_model};
 use manifest::{FileProblem, Manifest, Serialization};
-use source::LocalSource;
+use source::Source;
 
 /// A verified signature and how the model compares with what it signs.
 #[derive(Debug, Clone)]
@@ -56,7 +57,7 @@ pub enum VerifyError {
 /// signature records (leaving out `signature_name`, the bundle's own path inside the
 /// model, if any) and compares file by file.
 pub fn verify_model(
-    source: &LocalSource,
+    source: &dyn Source,
     bundle: &Bundle,
     trust: &Trust,
     signature_name: Option<&str>,
@@ -84,7 +85,7 @@ pub fn verify_model(
 /// given. With `signed`, a single-file model takes the signed manifest's spelling of its
 /// name, so that the two compare.
 pub fn hash_as_signed(
-    source: &LocalSource,
+    source: &dyn Source,
     serialization: &Serialization,
     signature_name: Option<&str>,
     signed: Option<&Manifest>,
@@ -112,7 +113,7 @@ pub fn hash_as_signed(
 /// Hashes the model with `serialization` (plus `signature_name` ignored, when the bundle
 /// will be written inside the model, and recorded as ignored) and signs the manifest.
 pub fn sign_model(
-    source: &LocalSource,
+    source: &dyn Source,
     mut serialization: Serialization,
     signature_name: Option<&str>,
     key: &keys::SigningKey,

@@ -5,6 +5,8 @@
 
 use std::path::Path;
 
+use rayon::prelude::*;
+
 use lotabots_crds::conditions::{self, reason};
 use lotabots_crds::model_attestation::ModelPolicy;
 use lotabots_modelscan::compliance::{self, CompliancePolicy, Rule};
@@ -14,6 +16,7 @@ use lotabots_modelscan::{
 
 use crate::attest::{Objection, StageResult, StageStatus};
 use crate::ignore::IgnoreSet;
+use crate::source::{SeekableFile, Source, WalkOptions};
 
 /// Scans the model at `root` and judges it against `policy`: (SafetyScanned, Compliant).
 pub fn scan_and_comply(root: &Path, policy: &ModelPolicy, ignore: &IgnoreSet) -> [StageResult; 2] {
@@ -22,27 +25,98 @@ pub fn scan_and_comply(root: &Path, policy: &ModelPolicy, ignore: &IgnoreSet) ->
             scan.files.retain(|f| !ignore.is_ignored(&f.path));
             scan
         }
-        Err(e) => {
-            let msg = format!("the model could not be scanned: {e}");
-            return [
-                StageResult::new(
-                    conditions::SAFETY_SCANNED,
-                    StageStatus::Failed,
-                    reason::MALFORMED_FILE,
-                    msg.clone(),
-                ),
-                StageResult::new(
-                    conditions::COMPLIANT,
-                    StageStatus::Failed,
-                    reason::STAGE_FAILED,
-                    msg,
-                ),
-            ];
-        }
+        Err(e) => return unscannable(&e.to_string()),
     };
+    let rules = CompliancePolicy::from(policy);
+    let report = compliance::evaluate_path(root, &scan, &rules)
+        .map_err(|e| format!("the model card could not be read: {e}"));
     [
         safety(&scan, policy.pickle.into()),
-        compliance(root, &scan, policy),
+        compliance(report, &scan, rules),
+    ]
+}
+
+/// [`scan_and_comply`] for a model that is not on a local filesystem (an object store):
+/// each listed file is scanned through range requests, several at once, and the model
+/// card is read from the source.
+pub fn scan_and_comply_source(
+    source: &dyn Source,
+    policy: &ModelPolicy,
+    ignore: &IgnoreSet,
+) -> [StageResult; 2] {
+    let limits = ScanLimits::default();
+    let walk = WalkOptions {
+        allow_symlinks: false,
+        ignore: ignore.clone(),
+    };
+    let files = match source.list(&walk) {
+        Ok(files) if files.len() > limits.max_files => {
+            return unscannable(&format!(
+                "{}: more than {} files",
+                source.location(),
+                limits.max_files
+            ));
+        }
+        Ok(files) => files,
+        Err(e) => return unscannable(&e.to_string()),
+    };
+    let scan_all = || {
+        files
+            .par_iter()
+            .map(|f| {
+                lotabots_modelscan::scan_reader(
+                    &f.name,
+                    f.size,
+                    || Ok(SeekableFile::new(source, &f.name, f.size)),
+                    &limits,
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let reports = match source.read_parallelism() {
+        Some(n) => match rayon::ThreadPoolBuilder::new().num_threads(n).build() {
+            Ok(pool) => pool.install(scan_all),
+            Err(e) => return unscannable(&format!("cannot start scanning threads: {e}")),
+        },
+        None => scan_all(),
+    };
+    let scan = ScanReport::from_files(reports);
+    let rules = CompliancePolicy::from(policy);
+    let card = if source.is_single_file() {
+        Ok(None)
+    } else {
+        source
+            .read_small(compliance::MODEL_CARD, compliance::MAX_CARD_BYTES)
+            .map_err(|e| format!("the model card could not be read: {e}"))
+    };
+    let report = card.map(|card| {
+        // A card that is not UTF-8 is an unusable card, as for a local model.
+        let text = card.map(|b| String::from_utf8(b).unwrap_or_default());
+        let facts = compliance::ModelFacts::from_parts(text.as_deref(), &scan);
+        compliance::evaluate(&facts, &rules)
+    });
+    [
+        safety(&scan, policy.pickle.into()),
+        compliance(report, &scan, rules),
+    ]
+}
+
+/// Both stages failed: the model could not be scanned at all.
+fn unscannable(why: &str) -> [StageResult; 2] {
+    let msg = format!("the model could not be scanned: {why}");
+    [
+        StageResult::new(
+            conditions::SAFETY_SCANNED,
+            StageStatus::Failed,
+            reason::MALFORMED_FILE,
+            msg.clone(),
+        ),
+        StageResult::new(
+            conditions::COMPLIANT,
+            StageStatus::Failed,
+            reason::STAGE_FAILED,
+            msg,
+        ),
     ]
 }
 
@@ -119,18 +193,16 @@ fn safety(scan: &ScanReport, handling: PickleHandling) -> StageResult {
     r
 }
 
-fn compliance(root: &Path, scan: &ScanReport, policy: &ModelPolicy) -> StageResult {
+fn compliance(
+    report: Result<compliance::ComplianceReport, String>,
+    scan: &ScanReport,
+    rules: CompliancePolicy,
+) -> StageResult {
     let stage = conditions::COMPLIANT;
-    let rules = CompliancePolicy::from(policy);
-    let report = match compliance::evaluate_path(root, scan, &rules) {
+    let report = match report {
         Ok(r) => r,
-        Err(e) => {
-            return StageResult::new(
-                stage,
-                StageStatus::Failed,
-                reason::STAGE_FAILED,
-                format!("the model card could not be read: {e}"),
-            );
+        Err(message) => {
+            return StageResult::new(stage, StageStatus::Failed, reason::STAGE_FAILED, message);
         }
     };
     let failures: Vec<_> = report.failures().collect();

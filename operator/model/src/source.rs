@@ -1,7 +1,8 @@
 //! Where a model's files come from: a [`Source`] lists the regular files of a model and
 //! opens byte ranges of them, so that hashing can read shards in parallel whatever the
 //! storage. Local directories (`file://` URIs, plain paths, mounted PVCs) are implemented
-//! here; `s3://` and `gs://` sources plug in through the same trait with ranged GETs.
+//! here; `s3://` and `gs://` sources ([`crate::remote`]) plug in through the same trait
+//! with ranged GETs.
 
 use std::fmt;
 use std::fs::File;
@@ -30,7 +31,7 @@ pub struct WalkOptions {
 }
 
 /// A model's storage.
-pub trait Source: Sync {
+pub trait Source: Sync + Send + fmt::Debug {
     /// Where the model is, for messages (a path or URI, never credentials).
     fn location(&self) -> String;
 
@@ -48,6 +49,119 @@ pub trait Source: Sync {
         start: u64,
         end: u64,
     ) -> Result<Box<dyn Read + Send + '_>, SourceError>;
+
+    /// Whether the model is a single file rather than a directory (for an object store:
+    /// known once listed).
+    fn is_single_file(&self) -> bool {
+        false
+    }
+
+    /// The local model, for what reads a filesystem directly (the scanner's walk);
+    /// `None` for object stores.
+    fn local(&self) -> Option<&LocalSource> {
+        None
+    }
+
+    /// How many ranges are best read at once (object stores: more than cores, since each
+    /// request waits a round trip); `None`: one per core.
+    fn read_parallelism(&self) -> Option<usize> {
+        None
+    }
+
+    /// The whole file `name` when it is at most `max` bytes (a signature bundle, a model
+    /// card); `Ok(None)` when there is no such file, an error when it is larger.
+    fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, SourceError>;
+
+    /// `name` as messages show it: the path or URI of the file.
+    fn display_name(&self, name: &str) -> String {
+        format!("{}/{name}", self.location())
+    }
+}
+
+/// A file of a source as a seekable reader (the scanner seeks in archives): each read
+/// after a seek is a fresh range request, whose window doubles while reads continue
+/// sequentially, so a header costs one small request and a long walk few large ones.
+pub struct SeekableFile<'a> {
+    source: &'a dyn Source,
+    name: String,
+    size: u64,
+    pos: u64,
+    window: u64,
+    current: Option<(Box<dyn Read + Send + 'a>, u64)>,
+}
+
+impl<'a> SeekableFile<'a> {
+    /// First request size.
+    const MIN_WINDOW: u64 = 1 << 20;
+    /// Largest request size.
+    const MAX_WINDOW: u64 = 64 << 20;
+
+    /// The file `name` of `size` bytes (as listed).
+    pub fn new(source: &'a dyn Source, name: &str, size: u64) -> Self {
+        Self {
+            source,
+            name: name.to_owned(),
+            size,
+            pos: 0,
+            window: Self::MIN_WINDOW,
+            current: None,
+        }
+    }
+}
+
+impl Read for SeekableFile<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if buf.is_empty() || self.pos >= self.size {
+                return Ok(0);
+            }
+            if self.current.is_none() {
+                let end = self.size.min(self.pos.saturating_add(self.window));
+                let reader = self
+                    .source
+                    .open_range(&self.name, self.pos, end)
+                    .map_err(|e| io::Error::other(e.to_string()))?;
+                self.current = Some((reader, end));
+            }
+            let (reader, end) = self.current.as_mut().expect("opened above");
+            let n = reader.read(buf)?;
+            if n > 0 {
+                self.pos += n as u64;
+                return Ok(n);
+            }
+            if self.pos < *end {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "{}: ended at byte {} of {}",
+                        self.source.display_name(&self.name),
+                        self.pos,
+                        self.size
+                    ),
+                ));
+            }
+            // The window is used up: continue with a larger one.
+            self.current = None;
+            self.window = (self.window * 2).min(Self::MAX_WINDOW);
+        }
+    }
+}
+
+impl Seek for SeekableFile<'_> {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.size.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        }
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"))?;
+        if target != self.pos {
+            self.current = None;
+            self.window = Self::MIN_WINDOW;
+            self.pos = target;
+        }
+        Ok(self.pos)
+    }
 }
 
 /// A source that cannot be listed or read; the message names the path and the problem.
@@ -356,6 +470,41 @@ impl Source for LocalSource {
         }
         Ok(Box::new(file.take(end.saturating_sub(start))))
     }
+
+    fn is_single_file(&self) -> bool {
+        self.single_file
+    }
+
+    fn local(&self) -> Option<&LocalSource> {
+        Some(self)
+    }
+
+    fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, SourceError> {
+        let path = self.path_of(name)?;
+        read_bounded(&path, max)
+    }
+
+    fn display_name(&self, name: &str) -> String {
+        self.path_of(name)
+            .map_or_else(|_| name.to_owned(), |p| p.display().to_string())
+    }
+}
+
+/// The file at `path` when it is at most `max` bytes; `Ok(None)` when it does not exist.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, SourceError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(SourceError::io(path, &e)),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| SourceError::io(path, &e))?;
+    if bytes.len() as u64 > max {
+        return Err(SourceError::new(path, format!("larger than {max} bytes")));
+    }
+    Ok(Some(bytes))
 }
 
 #[cfg(test)]
@@ -424,6 +573,80 @@ mod tests {
         r.read_to_string(&mut s).unwrap();
         assert_eq!(s, "yz");
         assert!(src.open_range("../etc/passwd", 0, 1).is_err());
+    }
+
+    /// A source that counts its range requests, over a local file.
+    #[derive(Debug)]
+    struct Counting {
+        inner: LocalSource,
+        requests: std::sync::Mutex<Vec<(u64, u64)>>,
+    }
+
+    impl Source for Counting {
+        fn location(&self) -> String {
+            self.inner.location()
+        }
+        fn model_name(&self) -> String {
+            self.inner.model_name()
+        }
+        fn list(&self, opts: &WalkOptions) -> Result<Vec<SourceFile>, SourceError> {
+            self.inner.list(opts)
+        }
+        fn open_range(
+            &self,
+            name: &str,
+            start: u64,
+            end: u64,
+        ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+            self.requests.lock().unwrap().push((start, end));
+            self.inner.open_range(name, start, end)
+        }
+        fn read_small(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>, SourceError> {
+            self.inner.read_small(name, max)
+        }
+    }
+
+    #[test]
+    fn seekable_files_read_in_growing_windows_and_restart_after_a_seek() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..5 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(dir.path().join("w.bin"), &data).unwrap();
+        let src = Counting {
+            inner: LocalSource::new(dir.path()).unwrap(),
+            requests: Default::default(),
+        };
+        let size = data.len() as u64;
+        let mut f = SeekableFile::new(&src, "w.bin", size);
+        let mut all = Vec::new();
+        f.read_to_end(&mut all).unwrap();
+        assert_eq!(all, data);
+        let mib = 1 << 20;
+        assert_eq!(
+            *src.requests.lock().unwrap(),
+            [(0, mib), (mib, 3 * mib), (3 * mib, size)],
+            "1 MiB, then 2 MiB, then the rest"
+        );
+
+        src.requests.lock().unwrap().clear();
+        let mut tail = [0u8; 4];
+        f.seek(SeekFrom::End(-4)).unwrap();
+        f.read_exact(&mut tail).unwrap();
+        assert_eq!(tail, data[data.len() - 4..]);
+        f.seek(SeekFrom::Start(10)).unwrap();
+        f.read_exact(&mut tail).unwrap();
+        assert_eq!(tail, data[10..14]);
+        assert_eq!(
+            *src.requests.lock().unwrap(),
+            [(size - 4, size), (10, 10 + mib)]
+        );
+        assert!(f.seek(SeekFrom::Current(-100)).is_err());
+
+        // A file shorter than listed is an error naming it, not a silent end.
+        let mut short = SeekableFile::new(&src, "w.bin", size + 10);
+        short.seek(SeekFrom::Start(size - 2)).unwrap();
+        let err = short.read_to_end(&mut Vec::new()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("w.bin"), "{err}");
     }
 
     #[test]

@@ -102,7 +102,7 @@ fn changed_files_fail_integrity_and_are_named() {
     let report = attest(
         &AttestArgs {
             public_key: Some(f.public.clone()),
-            signature: Some(f.model.join("model.sig")),
+            signature: Some(f.model.join("model.sig").display().to_string()),
             ..args(&f.model)
         },
         &HashOptions::default(),
@@ -176,7 +176,7 @@ fn a_missing_default_signature_fails_but_a_missing_named_one_is_unusable_input()
     let e = attest(
         &AttestArgs {
             public_key: Some(f.public.clone()),
-            signature: Some(f.dir.join("nope.sig")),
+            signature: Some(f.dir.join("nope.sig").display().to_string()),
             ..args(&f.model)
         },
         &HashOptions::default(),
@@ -261,14 +261,14 @@ fn unusable_inputs_name_the_file() {
         (
             AttestArgs {
                 public_key: Some(f.public.clone()),
-                signature: Some(garbage.clone()),
+                signature: Some(garbage.display().to_string()),
                 ..args(&f.model)
             },
             "garbage.pem",
         ),
         (
             AttestArgs {
-                signature: Some(f.model.join("model.sig")),
+                signature: Some(f.model.join("model.sig").display().to_string()),
                 ..args(&f.model)
             },
             "--public-key",

@@ -322,7 +322,10 @@ fn our_manifest(model: &Path, ser: Serialization, reference_algorithm: &str) -> 
     let m = hash_model(
         &LocalSource::new(model).unwrap(),
         &ser,
-        &HashOptions { threads: Some(2) },
+        &HashOptions {
+            threads: Some(2),
+            ..Default::default()
+        },
     )
     .unwrap();
     let mut out = String::new();

@@ -42,4 +42,4 @@ pub use limits::ScanLimits;
 pub use report::{
     FileReport, Finding, FindingKind, Format, Issue, PickleHandling, ScanReport, Verdict,
 };
-pub use walk::{ScanError, scan_file, scan_path};
+pub use walk::{ScanError, scan_file, scan_path, scan_reader};

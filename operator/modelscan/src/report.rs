@@ -235,7 +235,9 @@ pub struct ScanReport {
 }
 
 impl ScanReport {
-    pub(crate) fn from_files(mut files: Vec<FileReport>) -> Self {
+    /// The report of these files (scanned one by one, e.g. with
+    /// [`crate::scan_reader`]): sorted by path, with the worst verdict.
+    pub fn from_files(mut files: Vec<FileReport>) -> Self {
         files.sort_by(|a, b| a.path.cmp(&b.path));
         let verdict = files
             .iter()

@@ -4,7 +4,7 @@
 use std::{
     collections::BTreeSet,
     fs::{self, File},
-    io::{self, Read},
+    io::{self, Read, Seek},
     path::{Path, PathBuf},
     sync::{
         Mutex,
@@ -159,10 +159,42 @@ fn scan_regular(
     size: u64,
     limits: &ScanLimits,
 ) -> io::Result<FileReport> {
-    let mut file = File::open(path)?;
+    scan_opened(path, rel, size, || File::open(path), limits)
+}
+
+/// Scans one file that is not on a local filesystem (an object in a bucket): `name` is
+/// its model-relative path (its extension counts, as a file name's does), `size` its
+/// length, and `open` gives a fresh reader from its first byte on each call (archives
+/// seek; the other formats read straight through). A file `open` cannot read is reported
+/// as not scanned, never as safe.
+pub fn scan_reader<R, F>(name: &str, size: u64, open: F, limits: &ScanLimits) -> FileReport
+where
+    R: Read + Seek,
+    F: Fn() -> io::Result<R>,
+{
+    scan_opened(Path::new(name), name.to_owned(), size, open, limits).unwrap_or_else(|e| {
+        not_scanned(
+            name.to_owned(),
+            size,
+            Format::Unknown,
+            format!("unreadable: {e}"),
+        )
+    })
+}
+
+fn scan_opened<R, F>(
+    path: &Path,
+    rel: String,
+    size: u64,
+    reopen: F,
+    limits: &ScanLimits,
+) -> io::Result<FileReport>
+where
+    R: Read + Seek,
+    F: Fn() -> io::Result<R>,
+{
     let mut head = Vec::with_capacity(HEAD);
-    (&mut file).take(HEAD as u64).read_to_end(&mut head)?;
-    let reopen = || File::open(path);
+    reopen()?.take(HEAD as u64).read_to_end(&mut head)?;
     let mut globals = BTreeSet::new();
     let (format, issues) = match detect::detect(path, &head, size) {
         Kind::Zip => {

@@ -417,3 +417,50 @@ fn pickle_handling_changes_the_verdict() {
         Verdict::Unsafe
     );
 }
+
+/// Objects in a bucket are scanned through readers: the same verdicts and findings as
+/// the files, the zip archive (which seeks) included.
+#[test]
+fn readers_are_judged_as_files_are() {
+    for name in [
+        "malicious.pt",
+        "torch_state_dict.pt",
+        "system_proto0.pkl",
+        "state_dict_proto4.pkl",
+    ] {
+        let path = fixture(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let from_file = scan_file(&path, &limits()).unwrap();
+        let from_reader = lotabots_modelscan::scan_reader(
+            name,
+            bytes.len() as u64,
+            || Ok(std::io::Cursor::new(&bytes)),
+            &limits(),
+        );
+        assert_eq!(
+            (
+                from_reader.format,
+                from_reader.verdict,
+                &from_reader.globals
+            ),
+            (from_file.format, from_file.verdict, &from_file.globals),
+            "{name}"
+        );
+        assert_eq!(
+            from_reader.findings.len(),
+            from_file.findings.len(),
+            "{name}"
+        );
+    }
+    let unreadable = lotabots_modelscan::scan_reader(
+        "w.safetensors",
+        10,
+        || Err::<std::io::Cursor<Vec<u8>>, _>(std::io::Error::other("connection reset")),
+        &limits(),
+    );
+    assert_ne!(unreadable.verdict, Verdict::Safe);
+    assert!(
+        format!("{unreadable:?}").contains("connection reset"),
+        "{unreadable:?}"
+    );
+}

@@ -42,6 +42,37 @@ impl fmt::Debug for CustomerKey {
     }
 }
 
+/// A service-account key (the JSON file `gcloud iam service-accounts keys create`
+/// writes). `Debug` shows the account's e-mail only, never the private key.
+#[derive(Clone)]
+pub struct ServiceAccountKey(serde_json::Value);
+
+impl ServiceAccountKey {
+    /// The key from its JSON text; fails unless it is a `service_account` key.
+    pub fn from_json(json: &[u8]) -> anyhow::Result<Self> {
+        let value: serde_json::Value = serde_json::from_slice(json)
+            .map_err(|e| anyhow::anyhow!("the service-account key is not JSON: {e}"))?;
+        anyhow::ensure!(
+            value.get("type").and_then(|t| t.as_str()) == Some("service_account"),
+            "the JSON is not a service-account key (its \"type\" is not \"service_account\")"
+        );
+        Ok(Self(value))
+    }
+
+    fn email(&self) -> &str {
+        self.0
+            .get("client_email")
+            .and_then(|e| e.as_str())
+            .unwrap_or("?")
+    }
+}
+
+impl fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServiceAccountKey({}, <redacted>)", self.email())
+    }
+}
+
 /// How to reach a bucket.
 #[derive(Clone, Debug)]
 pub struct GcsConfig {
@@ -53,6 +84,9 @@ pub struct GcsConfig {
     /// Send no credentials (emulators); Application Default Credentials otherwise
     /// (workload identity, a mounted key file).
     pub anonymous: bool,
+    /// This service account's key instead of Application Default Credentials (a
+    /// tenant's own key, for reading its models); ignored when `anonymous`.
+    pub service_account: Option<ServiceAccountKey>,
     /// CMEK: the Cloud KMS key that encrypts new objects
     /// (`projects/…/locations/…/keyRings/…/cryptoKeys/…`).
     pub kms_key: Option<String>,
@@ -72,6 +106,7 @@ impl GcsConfig {
             bucket: bucket.into(),
             endpoint: None,
             anonymous: false,
+            service_account: None,
             kms_key: None,
             customer_key: None,
             allow_insecure_http: false,
@@ -122,10 +157,8 @@ impl GcsStore {
         if let Some(ep) = &config.endpoint {
             b = b.with_endpoint(ep);
         }
-        if config.anonymous {
-            b = b.with_credentials(
-                google_cloud_auth::credentials::anonymous::Builder::new().build(),
-            );
+        if let Some(credentials) = credentials(&config)? {
+            b = b.with_credentials(credentials);
         }
         let client = b
             .build()
@@ -143,6 +176,16 @@ impl GcsStore {
         &self.config.bucket
     }
 
+    /// The client, for reads the trait does not cover (ranged reads of model files).
+    pub fn client(&self) -> &Storage {
+        &self.client
+    }
+
+    /// The configuration the client was built from.
+    pub fn config(&self) -> &GcsConfig {
+        &self.config
+    }
+
     fn request_error(
         &self,
         op: &'static str,
@@ -154,6 +197,26 @@ impl GcsStore {
             location: self.location(key),
             message: error_chain(&e),
         }
+    }
+}
+
+/// The credentials `config` asks for: anonymous, a service-account key, or `None` for
+/// Application Default Credentials. Shared with callers that reach the JSON API
+/// directly (listing objects, which this client only offers over gRPC).
+pub fn credentials(
+    config: &GcsConfig,
+) -> anyhow::Result<Option<google_cloud_auth::credentials::Credentials>> {
+    if config.anonymous {
+        return Ok(Some(
+            google_cloud_auth::credentials::anonymous::Builder::new().build(),
+        ));
+    }
+    match &config.service_account {
+        None => Ok(None),
+        Some(key) => google_cloud_auth::credentials::service_account::Builder::new(key.0.clone())
+            .build()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("the service-account key of {}: {e}", key.email())),
     }
 }
 
@@ -282,5 +345,19 @@ mod tests {
         let err = GcsStore::new(cfg).await.unwrap_err();
         assert!(err.to_string().contains("not loopback"), "{err}");
         assert!(CustomerKey::new(&[1; 16]).is_err());
+    }
+
+    #[test]
+    fn a_service_account_key_is_checked_and_never_shown() {
+        let json = br#"{"type":"service_account","client_email":"reader@p.iam.gserviceaccount.com","private_key":"-----BEGIN PRIVATE KEY-----secret"}"#;
+        let key = ServiceAccountKey::from_json(json).unwrap();
+        let dbg = format!("{key:?}");
+        assert!(
+            dbg.contains("reader@p.iam") && !dbg.contains("secret"),
+            "{dbg}"
+        );
+        let err = ServiceAccountKey::from_json(br#"{"type":"authorized_user"}"#).unwrap_err();
+        assert!(err.to_string().contains("service_account"), "{err}");
+        assert!(ServiceAccountKey::from_json(b"not json").is_err());
     }
 }

@@ -18,7 +18,9 @@ use async_trait::async_trait;
 
 /// The bytes type of [`ObjectStore`] (re-exported so callers need no `bytes` dependency).
 pub use bytes::Bytes;
-pub use gcs::{CustomerKey, GcsConfig, GcsStore};
+pub use gcs::{
+    CustomerKey, GcsConfig, GcsStore, ServiceAccountKey, credentials as gcs_credentials,
+};
 pub use local::LocalStore;
 pub use s3::{ObjectLock, ObjectLockMode, S3Config, S3Credentials, S3Encryption, S3Store};
 

@@ -86,6 +86,9 @@ pub struct S3Config {
     pub path_style: bool,
     /// Static credentials.
     pub credentials: S3Credentials,
+    /// Send unsigned requests and ignore `credentials` (public buckets); a reader of
+    /// other tenants' models must never fall back to ambient credentials instead.
+    pub anonymous: bool,
     /// Server-side encryption, if any.
     pub encryption: Option<S3Encryption>,
     /// Object Lock retention, if any.
@@ -110,6 +113,7 @@ impl S3Config {
             endpoint: None,
             path_style: true,
             credentials,
+            anonymous: false,
             encryption: None,
             object_lock: None,
             allow_insecure_http: false,
@@ -162,7 +166,6 @@ impl S3Store {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(config.region.clone()))
             .force_path_style(config.path_style)
-            .credentials_provider(creds)
             .http_client(http)
             .retry_config(RetryConfig::standard().with_max_attempts(2))
             .timeout_config(
@@ -173,6 +176,13 @@ impl S3Store {
             )
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        // Anonymous: no identity at all, so the SDK falls back to unsigned requests
+        // rather than looking for credentials in the environment.
+        b = if config.anonymous {
+            b.allow_no_auth()
+        } else {
+            b.credentials_provider(creds)
+        };
         if let Some(ep) = &config.endpoint {
             b = b.endpoint_url(ep);
         }
@@ -363,6 +373,8 @@ mod tests {
         let err = S3Store::new(cfg.clone()).unwrap_err();
         assert!(err.to_string().contains("not loopback"), "{err}");
         cfg.allow_insecure_http = true;
+        S3Store::new(cfg.clone()).unwrap();
+        cfg.anonymous = true;
         S3Store::new(cfg).unwrap();
     }
 }
