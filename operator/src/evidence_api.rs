@@ -3,6 +3,12 @@
 //! - `POST /v1/challenges` → a single-use nonce bound to the caller's node;
 //! - `POST /v1/evidence/gpu` → evidence bound to that nonce, accepted for judging.
 //!
+//! Every replica may serve it. Nonces carry their own proof ([`crate::challenges`]), so a
+//! challenge from one replica is checked by another; with the evidence store
+//! ([`SharedAcceptance`], PostgreSQL) the nonce is consumed and the evidence stored in one
+//! transaction that every replica sees, and the leader loads what any replica accepted.
+//! Without it, single use and accepted evidence live in this process: one replica only.
+//!
 //! Every request carries the agent's projected ServiceAccount token; the node it speaks
 //! for is the node the API server bound that token to, never a field the caller chose.
 //! Bodies are size-limited and decoded strictly; each node is rate-limited; every refusal
@@ -15,7 +21,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -24,6 +30,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::future::BoxFuture;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use jiff::Timestamp;
 use lotabots_crds::evidence::{NodeEvidence, NonceOrigin, SCHEMA_VERSION, parse_nonce};
@@ -32,7 +39,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::auth::{AgentIdentity, AuthError, Authenticator};
-use crate::challenges::{ChallengeError, Challenges, Nonce};
+use crate::challenges::{ChallengeError, ChallengeKey, Challenges, Nonce, Verified};
 
 /// Largest evidence document accepted. An 8-GPU node with MIG instances and CC reports
 /// is well under 256 KiB; anything much larger is not evidence.
@@ -50,6 +57,18 @@ pub struct AcceptedEvidence {
     pub digest: String,
     /// When the operator received it.
     pub received_at: Timestamp,
+}
+
+/// Where replicas share what they accept (the evidence store's PostgreSQL).
+pub trait SharedAcceptance: Send + Sync + 'static {
+    /// Consumes `nonce` and stores `evidence` for every replica, in one step: `Ok(false)`
+    /// when the nonce was used before (nothing is stored then). What it stores reaches
+    /// the [`EvidenceSink`]s of all replicas through the store, not through the API.
+    fn accept<'a>(
+        &'a self,
+        evidence: &'a AcceptedEvidence,
+        nonce: &'a Verified,
+    ) -> BoxFuture<'a, anyhow::Result<bool>>;
 }
 
 /// Where accepted evidence goes.
@@ -97,6 +116,23 @@ impl LatestEvidence {
     /// Whether no node has submitted.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Takes `evidence` accepted by any replica (loaded from the store) unless what is
+    /// held for its node is as new; returns whether it changed anything. Waking the
+    /// controller only on a change keeps reloads (after a reconnect, on taking the lead)
+    /// from judging again what it already judged.
+    pub fn load(&self, evidence: AcceptedEvidence) -> bool {
+        let mut map = self.by_node.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get(&evidence.node)
+            && held.received_at >= evidence.received_at
+        {
+            return false;
+        }
+        map.insert(evidence.node.clone(), Arc::new(evidence));
+        drop(map);
+        self.arrivals.send_modify(|n| *n = n.wrapping_add(1));
+        true
     }
 }
 
@@ -176,10 +212,13 @@ pub struct EvidenceApi {
     limiter: DefaultKeyedRateLimiter<String>,
     sink: Arc<dyn EvidenceSink>,
     metrics: ApiMetrics,
+    shared: Option<Arc<dyn SharedAcceptance>>,
 }
 
 impl EvidenceApi {
-    /// An API issuing nonces valid for `nonce_ttl`.
+    /// An API issuing nonces valid for `nonce_ttl` under a random key of its own, with
+    /// single use in this process: one replica. [`EvidenceApi::with_key`] and
+    /// [`EvidenceApi::with_shared`] make it one of several.
     pub fn new(
         auth: Arc<dyn Authenticator>,
         sink: Arc<dyn EvidenceSink>,
@@ -189,12 +228,26 @@ impl EvidenceApi {
     ) -> Self {
         let quota = Quota::per_minute(rate.per_minute).allow_burst(rate.burst);
         Self {
-            challenges: Challenges::new(nonce_ttl),
+            challenges: Challenges::new(ChallengeKey::random(), nonce_ttl),
             auth,
             limiter: RateLimiter::keyed(quota),
             sink,
             metrics,
+            shared: None,
         }
+    }
+
+    /// Issues and checks nonces with `key`, the key every replica shares.
+    pub fn with_key(mut self, key: ChallengeKey) -> Self {
+        self.challenges = Challenges::new(key, self.challenges.ttl());
+        self
+    }
+
+    /// Consumes nonces and stores accepted evidence in `shared`, so that single use
+    /// holds across replicas and the leader sees what any replica accepted.
+    pub fn with_shared(mut self, shared: Arc<dyn SharedAcceptance>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// The routes.
@@ -228,12 +281,40 @@ impl EvidenceApi {
         Ok(id)
     }
 
-    /// Checks one evidence document from `caller`; on success it is handed to the sink.
-    fn accept_gpu(
+    /// Checks one evidence document from `caller` and consumes its nonce; on success it
+    /// is handed to the sink.
+    async fn accept_gpu(
         &self,
         caller: &AgentIdentity,
         body: &[u8],
     ) -> Result<AcceptedEvidence, ApiError> {
+        let now = Timestamp::now();
+        let (accepted, verified) = self.check_gpu(caller, body, now)?;
+        match &self.shared {
+            Some(shared) => match shared.accept(&accepted, &verified).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(ApiError::Nonce(ChallengeError::Replayed(
+                        verified.nonce.short(),
+                    )));
+                }
+                Err(e) => return Err(ApiError::StoreUnavailable(format!("{e:#}"))),
+            },
+            None => self
+                .challenges
+                .consume_locally(verified, now)
+                .map_err(ApiError::Nonce)?,
+        }
+        Ok(accepted)
+    }
+
+    /// The checks that need no state: the document, its node, its nonce's proof.
+    fn check_gpu(
+        &self,
+        caller: &AgentIdentity,
+        body: &[u8],
+        now: Timestamp,
+    ) -> Result<(AcceptedEvidence, Verified), ApiError> {
         let evidence: NodeEvidence =
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
                 .map_err(|e| {
@@ -258,18 +339,25 @@ impl EvidenceApi {
         }
         let nonce =
             parse_nonce(&evidence.nonce).map_err(|e| ApiError::Malformed(format!("nonce: {e}")))?;
-        self.challenges
-            .consume(Nonce(nonce), &caller.node, Instant::now())
+        let verified = self
+            .challenges
+            .verify(Nonce(nonce), &caller.node, now)
             .map_err(ApiError::Nonce)?;
         let digest = evidence
             .digest()
             .map_err(|e| ApiError::Malformed(format!("evidence does not canonicalise: {e}")))?;
-        Ok(AcceptedEvidence {
-            node: caller.node.clone(),
-            evidence,
-            digest,
-            received_at: Timestamp::now(),
-        })
+        // PostgreSQL keeps microseconds: the same instant here and in the store, so that
+        // a replica loading its own submission back sees nothing newer.
+        let received_at = Timestamp::from_microsecond(now.as_microsecond()).unwrap_or(now);
+        Ok((
+            AcceptedEvidence {
+                node: caller.node.clone(),
+                evidence,
+                digest,
+                received_at,
+            },
+            verified,
+        ))
     }
 }
 
@@ -277,10 +365,8 @@ impl EvidenceApi {
 async fn challenge(State(api): State<Arc<EvidenceApi>>, headers: HeaderMap) -> Response {
     let result = async {
         let caller = api.caller(&headers).await?;
-        let nonce = api.challenges.issue(&caller.node, Instant::now());
         let ttl = api.challenges.ttl();
-        let expires_at = Timestamp::now()
-            + jiff::SignedDuration::try_from(ttl).unwrap_or(jiff::SignedDuration::ZERO);
+        let (nonce, expires_at) = api.challenges.issue(&caller.node, Timestamp::now());
         tracing::debug!(node = %caller.node, ?nonce, "challenge issued");
         Ok::<_, ApiError>(Challenge {
             nonce: nonce.to_hex(),
@@ -314,7 +400,7 @@ async fn submit_gpu(
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge,
             _ => ApiError::Malformed(format!("request body: {e}")),
         })?;
-        api.accept_gpu(&caller, &body)
+        api.accept_gpu(&caller, &body).await
     }
     .await;
     match result {
@@ -328,7 +414,12 @@ async fn submit_gpu(
                 node: accepted.node.clone(),
                 digest: accepted.digest.clone(),
             };
-            api.sink.accept(accepted);
+            // With a store, the store announces it to every replica, this one included
+            // (`evidence_store::follow_evidence`), so that each replica's memory follows
+            // the store's order rather than whichever request finished last here.
+            if api.shared.is_none() {
+                api.sink.accept(accepted);
+            }
             (StatusCode::ACCEPTED, axum::Json(receipt)).into_response()
         }
         Err(e) => {
@@ -385,6 +476,10 @@ pub enum ApiError {
     /// The nonce is not a live challenge of this node.
     #[error(transparent)]
     Nonce(ChallengeError),
+    /// The evidence store, where replicas share nonces and evidence, failed: nothing was
+    /// accepted; the agent retries with a new challenge.
+    #[error("the evidence store is unavailable, nothing was accepted: {0}")]
+    StoreUnavailable(String),
 }
 
 impl ApiError {
@@ -397,12 +492,15 @@ impl ApiError {
             ApiError::Malformed(_) => "malformed",
             ApiError::WrongNode { .. } => "wrong_node",
             ApiError::Nonce(e) => e.label(),
+            ApiError::StoreUnavailable(_) => "store_unavailable",
         }
     }
 
     fn status(&self) -> StatusCode {
         match self {
-            ApiError::Auth(AuthError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Auth(AuthError::Unavailable(_)) | ApiError::StoreUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Auth(AuthError::MissingToken | AuthError::Rejected(_)) => {
                 StatusCode::UNAUTHORIZED
             }

@@ -15,6 +15,10 @@
 //!
 //! The key Secret is read again every [`KEY_RELOAD`], so a rotated key is used without a
 //! restart; bundles sealed under a retired key still open as long as the Secret keeps it.
+//!
+//! Replicas share the database: every replica consumes nonces and stores the evidence it
+//! accepts there ([`SharedAcceptance`] for [`Database`]) and follows what the others
+//! accept ([`follow_evidence`]); only the leader records verdicts and runs the outbox.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -29,17 +33,21 @@ use kube::{Api, Client, ResourceExt};
 use lotabots_crds::gpu_attestation::{GpuAttestation, Verdict};
 use lotabots_crds::model_attestation::ModelAttestation;
 use lotabots_store::bundle::{KeyRing, seal};
-use lotabots_store::db::{Database, DbOptions, NewRecord, RecordKind};
+use lotabots_store::db::{Acceptance, Database, DbOptions, NewRecord, NodeEvidenceRow, RecordKind};
 use lotabots_store::objects::{GcsConfig, GcsStore, ObjectStore, S3Config, S3Credentials, S3Store};
 use lotabots_store::outbox::{NamedStore, OutboxConfig, OutboxWorker};
 use prometheus::Registry;
 use serde_json::json;
 
-use crate::evidence_api::AcceptedEvidence;
+use crate::challenges::Verified;
+use crate::evidence_api::{AcceptedEvidence, LatestEvidence, SharedAcceptance};
 use crate::status::NodeResult;
 
 /// How often the bundle key Secret is read again.
 pub const KEY_RELOAD: Duration = Duration::from_secs(60);
+
+/// How often expired consumed nonces are deleted.
+pub const NONCE_PRUNE: Duration = Duration::from_secs(300);
 
 /// Who the audit rows name as the actor.
 const ACTOR: &str = "lotabots-operator";
@@ -419,5 +427,101 @@ impl VerdictLog for EvidenceStore {
             );
             Ok(())
         })
+    }
+}
+
+impl SharedAcceptance for Database {
+    fn accept<'a>(
+        &'a self,
+        evidence: &'a AcceptedEvidence,
+        nonce: &'a Verified,
+    ) -> BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            let row = NodeEvidenceRow {
+                node: evidence.node.clone(),
+                nonce: nonce.nonce.0.to_vec(),
+                digest: evidence.digest.clone(),
+                evidence: serde_json::to_value(&evidence.evidence)?,
+                received_at: evidence.received_at,
+            };
+            Ok(self.accept_evidence(&row, nonce.expires_at).await? == Acceptance::Accepted)
+        })
+    }
+}
+
+/// Evidence as a replica stored it. The document was checked when it was accepted; it is
+/// decoded again here, and one that no longer decodes (edited by hand) is an error
+/// naming its node.
+pub fn accepted_from_row(row: NodeEvidenceRow) -> anyhow::Result<AcceptedEvidence> {
+    let evidence = serde_json::from_value(row.evidence)
+        .with_context(|| format!("stored evidence of node {} does not decode", row.node))?;
+    Ok(AcceptedEvidence {
+        node: row.node,
+        evidence,
+        digest: row.digest,
+        received_at: row.received_at,
+    })
+}
+
+/// Keeps `latest` current with the evidence every replica accepts: everything stored at
+/// first, then each node announced on the channel, and everything again after the
+/// listening connection was lost (announcements made meanwhile are gone). Failures are
+/// logged and retried; it never returns.
+pub async fn follow_evidence(db: Arc<Database>, latest: Arc<LatestEvidence>) {
+    loop {
+        if let Err(e) = follow_once(&db, &latest).await {
+            tracing::warn!(error = %format!("{e:#}"), "following accepted evidence; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+async fn follow_once(db: &Database, latest: &LatestEvidence) -> anyhow::Result<()> {
+    // Listening first, then reading: nothing stored in between is missed.
+    let mut listener = db.listen_evidence().await?;
+    let mut reload = true;
+    loop {
+        if reload {
+            let mut loaded = 0;
+            for row in db.all_node_evidence().await? {
+                match accepted_from_row(row) {
+                    Ok(e) => loaded += usize::from(latest.load(e)),
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "skipping stored evidence"),
+                }
+            }
+            tracing::info!(nodes = loaded, "loaded the evidence replicas accepted");
+        }
+        match listener.next().await? {
+            Some(node) => {
+                reload = false;
+                if let Some(row) = db.node_evidence(&node).await? {
+                    match accepted_from_row(row) {
+                        Ok(e) => {
+                            latest.load(e);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "skipping stored evidence")
+                        }
+                    }
+                }
+            }
+            None => {
+                tracing::warn!("evidence announcements interrupted; reading everything again");
+                reload = true;
+            }
+        }
+    }
+}
+
+/// Deletes expired consumed nonces every [`NONCE_PRUNE`]; never returns.
+pub async fn prune_nonces(db: Arc<Database>) {
+    let mut tick = tokio::time::interval(NONCE_PRUNE);
+    loop {
+        tick.tick().await;
+        match db.prune_consumed_nonces(Timestamp::now()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(pruned = n, "expired nonces deleted"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "pruning expired nonces"),
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! Leader election through a `coordination.k8s.io` Lease, so that one replica reconciles
-//! and serves the evidence API (nonces and accepted evidence live in its memory) while
-//! the others wait, unready, to take over.
+//! and records verdicts while the others wait to take over (with the evidence store they
+//! serve the evidence API meanwhile; without it they wait unready, see `run`).
 //!
 //! Writes use the Lease's `resourceVersion`, so two replicas racing for an expired Lease
 //! cannot both win: the API server accepts one replace and refuses the other with 409.

@@ -107,9 +107,9 @@ async fn an_agent_fetches_a_challenge_and_its_evidence_is_accepted_once() {
     // The same submission again: the nonce is spent.
     let (status, err) = call(&f.router, "/v1/evidence/gpu", Some("tok-a"), body).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(err["error"], "unknown_nonce");
+    assert_eq!(err["error"], "replayed_nonce");
     assert_eq!(f.metrics.submissions("accepted"), 1);
-    assert_eq!(f.metrics.submissions("unknown_nonce"), 1);
+    assert_eq!(f.metrics.submissions("replayed_nonce"), 1);
     assert_eq!(f.metrics.challenges("issued"), 1);
 }
 
@@ -147,7 +147,7 @@ async fn a_nonce_issued_to_another_node_is_refused() {
     )
     .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert_eq!(err["error"], "wrong_node_nonce");
+    assert_eq!(err["error"], "unknown_nonce");
     assert!(f.sink.is_empty());
 }
 
@@ -309,4 +309,90 @@ async fn each_node_is_rate_limited_on_its_own() {
     );
     challenge(&f, "tok-b").await;
     assert_eq!(f.metrics.challenges("rate_limited"), 1);
+}
+
+/// A store shared by replicas, in memory: the nonces it has consumed, failing on demand.
+#[derive(Default)]
+struct SharedNonces {
+    consumed: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl lotabots_operator::evidence_api::SharedAcceptance for SharedNonces {
+    fn accept<'a>(
+        &'a self,
+        _evidence: &'a lotabots_operator::evidence_api::AcceptedEvidence,
+        nonce: &'a lotabots_operator::challenges::Verified,
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<bool>> {
+        Box::pin(async move {
+            anyhow::ensure!(
+                !self.down.load(std::sync::atomic::Ordering::SeqCst),
+                "connection refused"
+            );
+            Ok(self.consumed.lock().unwrap().insert(nonce.nonce.0))
+        })
+    }
+}
+
+/// Two replicas sharing the challenge key and the store: a challenge of one is accepted
+/// by the other, once; a store failure accepts nothing.
+#[tokio::test]
+async fn replicas_sharing_key_and_store_accept_each_others_challenges_once() {
+    let key = lotabots_operator::challenges::ChallengeKey::from_bytes(&[5; 32]).unwrap();
+    let shared = Arc::new(SharedNonces::default());
+    let replica = || {
+        let tokens = StaticTokens(HashMap::from([("tok-a", agent("node-a"))]));
+        let sink = Arc::new(LatestEvidence::default());
+        let metrics = ApiMetrics::register(&prometheus::Registry::new()).unwrap();
+        let api = EvidenceApi::new(
+            Arc::new(tokens),
+            sink.clone(),
+            Duration::from_secs(60),
+            RateLimit::default(),
+            metrics.clone(),
+        )
+        .with_key(key.clone())
+        .with_shared(shared.clone());
+        Fixture {
+            router: Arc::new(api).router(),
+            sink,
+            metrics,
+        }
+    };
+    let (a, b) = (replica(), replica());
+    let nonce = challenge(&a, "tok-a").await;
+    let body = evidence_body("node-a", nonce);
+    let (status, receipt) = call(&b.router, "/v1/evidence/gpu", Some("tok-a"), body.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{receipt}");
+    // The store, not the API, hands it to the replicas' controllers.
+    assert!(b.sink.is_empty() && a.sink.is_empty());
+    assert_eq!(shared.consumed.lock().unwrap().len(), 1);
+    let (status, err) = call(&a.router, "/v1/evidence/gpu", Some("tok-a"), body).await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (StatusCode::CONFLICT, Some("replayed_nonce"))
+    );
+    assert_eq!(a.metrics.submissions("replayed_nonce"), 1);
+
+    shared.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let nonce = challenge(&a, "tok-a").await;
+    let (status, err) = call(
+        &a.router,
+        "/v1/evidence/gpu",
+        Some("tok-a"),
+        evidence_body("node-a", nonce),
+    )
+    .await;
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable"))
+    );
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{err}"
+    );
+    assert!(a.sink.is_empty());
 }

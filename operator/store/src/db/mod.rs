@@ -13,6 +13,7 @@ mod config;
 mod migrate;
 mod queue;
 mod records;
+mod shared;
 
 use std::{fmt, sync::Arc};
 
@@ -24,6 +25,7 @@ pub use config::{DbOptions, SslMode, redact_url};
 pub use migrate::MIGRATION_LOCK_KEY;
 pub use queue::{BundleCopy, CopyState};
 pub use records::{NewRecord, Page, Record, RecordFilter, RecordId, RecordKind, RecordPage};
+pub use shared::{Acceptance, EVIDENCE_CHANNEL, EvidenceListener, NodeEvidenceRow};
 
 /// The evidence store's PostgreSQL database: a connection pool with the schema applied.
 /// Cheap to clone (the pool is shared).
@@ -144,6 +146,25 @@ mod tests {
         spawnable(async move { d.outbox_backlog().await });
         let d = db.clone();
         spawnable(async move { d.ping().await });
+        let d = db.clone();
+        spawnable(async move {
+            let row = NodeEvidenceRow {
+                node: "n".into(),
+                nonce: vec![0; 32],
+                digest: String::new(),
+                evidence: serde_json::Value::Null,
+                received_at: jiff::Timestamp::now(),
+            };
+            d.accept_evidence(&row, jiff::Timestamp::now()).await
+        });
+        let d = db.clone();
+        spawnable(async move { d.all_node_evidence().await });
+        let d = db.clone();
+        spawnable(async move { d.node_evidence("n").await });
+        let d = db.clone();
+        spawnable(async move { d.prune_consumed_nonces(jiff::Timestamp::now()).await });
+        let d = db.clone();
+        spawnable(async move { d.listen_evidence().await?.next().await });
         spawnable(async move { db.bundle("x").await });
     }
 }
