@@ -90,6 +90,9 @@ pub mod reason {
     pub const WORKLOAD_PASSED: &str = "WorkloadPassed";
     /// The GPU workload self-test failed or timed out.
     pub const WORKLOAD_FAILED: &str = "WorkloadFailed";
+    /// The GPU workload self-test's result is awaited (its pod has not reported within
+    /// `spec.workloadCheck.timeout` yet), or no node has passed the policy to run it on.
+    pub const WORKLOAD_PENDING: &str = "WorkloadPending";
 
     // -- ModelAttestation --
     /// Every stage passed.
@@ -146,6 +149,7 @@ pub mod reason {
         NO_MATCHING_NODES,
         WORKLOAD_PASSED,
         WORKLOAD_FAILED,
+        WORKLOAD_PENDING,
         ALL_STAGES_PASSED,
         STAGE_FAILED,
         SOURCE_UNAVAILABLE,

@@ -249,6 +249,19 @@ pub struct WorkloadCheck {
         "self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != '' && duration(self) > duration('0s') && duration(self) <= duration('1h')"
     ).message("spec.workloadCheck.timeout must be a duration such as 5m, greater than 0s and at most 1h"))]
     pub timeout: String,
+
+    /// Lowest device-to-device copy bandwidth accepted on every GPU, in GB/s (10^9 bytes
+    /// per second), greater than 0. Unset: bandwidth is reported, not enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0.0")
+        .message("spec.workloadCheck.minBandwidthGbps must be greater than 0"))]
+    pub min_bandwidth_gbps: Option<f64>,
+
+    /// Whether a failing (or missing) self-test fails the node. `false`: the outcome is
+    /// reported in the `WorkloadChecked` condition and the node's reasons, but the node's
+    /// verdict and `Ready` rest on the policy alone.
+    #[serde(default = "default_true")]
+    pub required: bool,
 }
 
 /// Observed state of a GpuAttestation: counts over all selected nodes and a bounded list of
@@ -590,6 +603,14 @@ impl GpuAttestationSpec {
                 "1h",
                 &mut errs,
             );
+            if let Some(min) = w.min_bandwidth_gbps
+                && !(min.is_finite() && min > 0.0)
+            {
+                errs.push(FieldError::new(
+                    "spec.workloadCheck.minBandwidthGbps",
+                    format!("{min} is not a bandwidth: must be a number of GB/s greater than 0"),
+                ));
+            }
         }
         if errs.is_empty() { Ok(()) } else { Err(errs) }
     }
@@ -942,6 +963,8 @@ mod tests {
         s.workload_check = Some(WorkloadCheck {
             image: "ghcr.io/lotabots/gpu-selftest:v1".into(),
             timeout: "0s".into(),
+            min_bandwidth_gbps: Some(0.0),
+            required: true,
         });
         assert_eq!(
             paths(s.validate()),
@@ -949,6 +972,7 @@ mod tests {
                 "spec.nodeSelector.matchExpressions[0].values",
                 "spec.nodeSelector.matchExpressions[1].operator",
                 "spec.workloadCheck.timeout",
+                "spec.workloadCheck.minBandwidthGbps",
             ]
         );
     }

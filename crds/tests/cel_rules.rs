@@ -177,7 +177,7 @@ fn every_rule_compiles_has_a_message_and_fits_the_cost_budget() {
     walk(&schema("modelattestations"), "ModelAttestation", &mut count);
     assert_eq!(
         (gpu_rules, count - gpu_rules),
-        (7, 18),
+        (8, 18),
         "rule counts changed"
     );
 }
@@ -225,6 +225,17 @@ fn gpu_attestation_rules() {
         None,
         rust_gpu,
         "1h timeout",
+    );
+    case(
+        &s,
+        with(
+            &with(&g, "/spec/workloadCheck/minBandwidthGbps", json!(1500.5)),
+            "/spec/workloadCheck/required",
+            json!(false),
+        ),
+        None,
+        rust_gpu,
+        "bandwidth floor, not required",
     );
 
     let interval = "spec.reattestationInterval must be a duration";
@@ -286,6 +297,16 @@ fn gpu_attestation_rules() {
             Some(count),
             rust_gpu,
             "count",
+        );
+    }
+    let bandwidth = "spec.workloadCheck.minBandwidthGbps must be greater than 0";
+    for bad in [json!(0.0), json!(-1.5)] {
+        case(
+            &s,
+            with(&g, "/spec/workloadCheck/minBandwidthGbps", bad.clone()),
+            Some(bandwidth),
+            rust_gpu,
+            "bandwidth",
         );
     }
     let timeout = "spec.workloadCheck.timeout must be a duration";

@@ -239,6 +239,13 @@ fn cel_cases() -> Vec<CelCase> {
             "spec.workloadCheck.timeout must be a duration such as 5m, greater than 0s and at most 1h",
         ),
         c(
+            G,
+            vec![("/spec/workloadCheck/minBandwidthGbps", Some(json!(-1.5)))],
+            "spec.workloadCheck.minBandwidthGbps",
+            "spec.workloadCheck.minBandwidthGbps",
+            "spec.workloadCheck.minBandwidthGbps must be greater than 0",
+        ),
+        c(
             M,
             vec![("/spec/behaviour/migProfile", Some(json!("1g.10gb")))],
             "spec.behaviour",

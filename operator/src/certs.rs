@@ -1,14 +1,19 @@
 //! Serving certificates the operator issues and rotates itself, so that an install needs
 //! no cert-manager: its own CA in a Secret, a certificate per service (the evidence API,
 //! the webhook) renewed when a third of its lifetime is left, the CA certificate published
-//! in a ConfigMap for the agents, and the webhook configuration's `caBundle` kept current.
+//! in a ConfigMap for the agents (and, under the same name, in the isolated workload pods'
+//! namespace, whose pods trust the evidence API by it), and the webhook configuration's
+//! `caBundle` kept current.
 //!
 //! The CA lives ten years and is replaced (and every certificate with it) when it would
 //! expire before a certificate issued now. Whether to issue is a pure function of the
 //! stored PEM and the time, so every reason to renew is tested without a cluster.
-//! With `--tls-cert/--tls-key` files from cert-manager instead, none of this runs.
+//! With `--tls-cert/--tls-key` files from cert-manager instead, none of this runs but the
+//! publication of the CA to the workload namespace, from the `ca.crt` beside the
+//! certificate file ([`keep_ca_file_published`]).
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -51,6 +56,10 @@ pub struct PkiConfig {
     pub ca_secret: String,
     /// The ConfigMap publishing the CA certificate (`ca.crt`) for the agents.
     pub ca_configmap: String,
+    /// Further namespaces the CA ConfigMap is published in, under the same name (the
+    /// isolated workload pods' namespace). A failure there does not stop the round: it is
+    /// reported in [`Round::warnings`] and retried at the next one.
+    pub ca_configmap_copies: Vec<String>,
     /// The serving certificates.
     pub serving: Vec<ServingCert>,
     /// The ValidatingWebhookConfiguration whose `caBundle` is kept current.
@@ -62,7 +71,8 @@ pub struct PkiConfig {
 impl PkiConfig {
     /// The defaults of `config/`: CA `lotabots-ca`, ConfigMap `lotabots-operator-ca`,
     /// `lotabots-operator-tls` and `lotabots-webhook-tls` for the two Services, and the
-    /// `lotabots-webhook` configuration; certificates for 90 days.
+    /// `lotabots-webhook` configuration; certificates for 90 days; the CA published in no
+    /// other namespace.
     pub fn defaults(namespace: &str) -> Self {
         let names = |service: &str| {
             vec![
@@ -74,6 +84,7 @@ impl PkiConfig {
             namespace: namespace.into(),
             ca_secret: "lotabots-ca".into(),
             ca_configmap: "lotabots-operator-ca".into(),
+            ca_configmap_copies: Vec::new(),
             serving: vec![
                 ServingCert {
                     secret: "lotabots-operator-tls".into(),
@@ -286,6 +297,9 @@ pub struct Round {
     /// When each certificate expires, by the Secret holding it (the CA's included), as
     /// kept or issued in this round.
     pub expiries: BTreeMap<String, Timestamp>,
+    /// What could not be done but did not stop the round: the CA not published in one of
+    /// [`PkiConfig::ca_configmap_copies`] (namespace missing, not allowed).
+    pub warnings: Vec<String>,
 }
 
 /// [`reconcile`], also reporting when each certificate expires (for
@@ -371,31 +385,25 @@ pub async fn reconcile_round(
         .await?;
         changed.push(format!("{}: {what}", serving.secret));
     }
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.namespace);
-    let published = configmaps.get_opt(&cfg.ca_configmap).await?;
-    if published
-        .as_ref()
-        .and_then(|c| c.data.as_ref())
-        .and_then(|d| d.get(CA_KEY))
-        != Some(&ca_cert)
-    {
-        let cm = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(cfg.ca_configmap.clone()),
-                namespace: Some(cfg.namespace.clone()),
-                ..Default::default()
-            },
-            data: Some([(CA_KEY.to_owned(), ca_cert.clone())].into()),
-            ..Default::default()
-        };
-        configmaps
-            .patch(
-                &cfg.ca_configmap,
-                &apply_params(),
-                &Patch::Apply(&typed(cm, "v1", "ConfigMap")),
-            )
-            .await?;
+    if publish_ca(client, &cfg.namespace, &cfg.ca_configmap, &ca_cert).await? {
         changed.push(format!("{}: CA certificate published", cfg.ca_configmap));
+    }
+    let mut warnings = Vec::new();
+    // The operator's own namespace is published above; a copy there would be the same
+    // object.
+    for ns in cfg
+        .ca_configmap_copies
+        .iter()
+        .filter(|ns| **ns != cfg.namespace)
+    {
+        match publish_ca(client, ns, &cfg.ca_configmap, &ca_cert).await {
+            Ok(true) => changed.push(format!(
+                "{ns}/{}: CA certificate published",
+                cfg.ca_configmap
+            )),
+            Ok(false) => {}
+            Err(e) => warnings.push(not_published(ns, &cfg.ca_configmap, &e)),
+        }
     }
     if let Some(name) = &cfg.webhook_configuration {
         let hooks: Api<ValidatingWebhookConfiguration> = Api::all(client.clone());
@@ -420,7 +428,154 @@ pub async fn reconcile_round(
     Ok(Round {
         changes: changed,
         expiries,
+        warnings,
     })
+}
+
+fn not_published(namespace: &str, name: &str, e: &kube::Error) -> String {
+    format!(
+        "ConfigMap {namespace}/{name}: the CA certificate is not published ({e}); pods there \
+         cannot verify the evidence API until it is"
+    )
+}
+
+/// The ConfigMap `namespace/name` publishing the CA certificate `ca_pem` under `ca.crt`,
+/// labelled as the operator's.
+pub fn ca_configmap(namespace: &str, name: &str, ca_pem: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            labels: Some(managed_by()),
+            ..Default::default()
+        },
+        data: Some([(CA_KEY.to_owned(), ca_pem.to_owned())].into()),
+        ..Default::default()
+    }
+}
+
+/// Publishes `ca_pem` in the ConfigMap `namespace/name` unless it holds exactly that
+/// already (one `get`); otherwise creates or updates it by server-side apply (`create`,
+/// and `patch` on that name). Whether it wrote.
+pub async fn publish_ca(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    ca_pem: &str,
+) -> Result<bool, kube::Error> {
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let published = configmaps.get_opt(name).await?;
+    if published
+        .as_ref()
+        .and_then(|c| c.data.as_ref())
+        .and_then(|d| d.get(CA_KEY))
+        .map(String::as_str)
+        == Some(ca_pem)
+    {
+        return Ok(false);
+    }
+    configmaps
+        .patch(
+            name,
+            &apply_params(),
+            &Patch::Apply(&typed(
+                ca_configmap(namespace, name, ca_pem),
+                "v1",
+                "ConfigMap",
+            )),
+        )
+        .await?;
+    Ok(true)
+}
+
+/// The CA certificate to publish when the serving certificate comes from files: `ca.crt`
+/// beside `cert` (as a cert-manager Secret mounted as a directory holds it).
+pub fn ca_file_beside(cert: &Path) -> PathBuf {
+    cert.with_file_name(CA_KEY)
+}
+
+/// The CA certificate in `path`, checked to be a PEM certificate. `Ok(None)` when there is
+/// none to publish: no such file, or an empty one (cert-manager leaves `ca.crt` empty for
+/// issuers, such as ACME ones, that do not know their root).
+pub fn read_ca_file(path: &Path) -> Result<Option<String>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(format!(
+                "reading the CA certificate {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    let der = pem_der(text.as_bytes())
+        .map_err(|e| format!("the CA certificate {} {e}", path.display()))?;
+    X509Certificate::from_der(&der)
+        .map_err(|e| format!("the CA certificate {} does not parse: {e}", path.display()))?;
+    Ok(Some(text))
+}
+
+/// How often [`keep_ca_file_published`] reads the CA file again (cert-manager rewrites it
+/// in place) and checks the ConfigMaps.
+pub const CA_FILE_CHECK: Duration = Duration::from_secs(60);
+
+/// With the serving certificate from files: publishes the CA certificate in `path` as the
+/// ConfigMap `name` of each of `namespaces`, every [`CA_FILE_CHECK`], for as long as it
+/// runs (the leader's task; it never returns). A missing or empty file leaves nothing to
+/// publish: that, like any other problem, is logged at warn once (again only when it
+/// changes), and whoever installs must then provide the ConfigMaps.
+pub async fn keep_ca_file_published(
+    client: Client,
+    path: PathBuf,
+    name: String,
+    namespaces: Vec<String>,
+) {
+    let mut last_problem: Option<String> = None;
+    loop {
+        let problem = match read_ca_file(&path) {
+            Ok(None) => Some(format!(
+                "no CA certificate at {} to publish as ConfigMap {name} in {}; provide that \
+                 ConfigMap (key {CA_KEY}) or the isolated workload pods cannot verify the \
+                 evidence API",
+                path.display(),
+                namespaces.join(", ")
+            )),
+            Err(e) => Some(format!("{e}; not published as ConfigMap {name}")),
+            Ok(Some(ca_pem)) => {
+                let mut failed = Vec::new();
+                for ns in &namespaces {
+                    match publish_ca(&client, ns, &name, &ca_pem).await {
+                        Ok(true) => tracing::info!(
+                            change = %format!("{ns}/{name}: CA certificate published from {}", path.display()),
+                            "certificates"
+                        ),
+                        Ok(false) => {}
+                        Err(e) => failed.push(not_published(ns, &name, &e)),
+                    }
+                }
+                (!failed.is_empty()).then(|| failed.join("; "))
+            }
+        };
+        if problem.is_some() && problem != last_problem {
+            tracing::warn!(
+                problem = problem.as_deref().unwrap_or_default(),
+                "certificates"
+            );
+        }
+        last_problem = problem;
+        tokio::time::sleep(CA_FILE_CHECK).await;
+    }
+}
+
+fn managed_by() -> BTreeMap<String, String> {
+    [(
+        "app.kubernetes.io/managed-by".to_owned(),
+        "lotabots-operator".to_owned(),
+    )]
+    .into()
 }
 
 fn apply_params() -> PatchParams {
@@ -443,13 +598,7 @@ async fn apply_secret(
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            labels: Some(
-                [(
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "lotabots-operator".to_owned(),
-                )]
-                .into(),
-            ),
+            labels: Some(managed_by()),
             ..Default::default()
         },
         type_: Some(type_.into()),
@@ -585,6 +734,79 @@ mod tests {
             ),
             Renewal::Issue("the stored CA certificate is not a CA".into())
         );
+    }
+
+    #[test]
+    fn the_ca_configmap_publishes_the_ca_under_ca_crt_as_the_operators() {
+        let (ca, _) = new_ca(Timestamp::now()).unwrap();
+        let cm = ca_configmap("lotabots-workloads", "lotabots-operator-ca", &ca);
+        assert_eq!(cm.metadata.name.as_deref(), Some("lotabots-operator-ca"));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("lotabots-workloads"));
+        assert_eq!(
+            cm.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("app.kubernetes.io/managed-by"))
+                .map(String::as_str),
+            Some("lotabots-operator")
+        );
+        // Exactly one key, the one the workload pods project (agent launcher's CA_KEY).
+        assert_eq!(
+            cm.data,
+            Some([("ca.crt".to_owned(), ca.clone())].into()),
+            "the ConfigMap must hold the CA PEM under ca.crt and nothing else"
+        );
+        assert_eq!(cm.binary_data, None);
+        // What is applied carries its kind, or the API server refuses the apply.
+        let applied = typed(cm, "v1", "ConfigMap");
+        assert_eq!(applied["kind"], "ConfigMap");
+        assert_eq!(applied["apiVersion"], "v1");
+        assert_eq!(applied["data"]["ca.crt"], ca.as_str());
+    }
+
+    #[test]
+    fn the_defaults_publish_the_ca_in_the_operators_namespace_only() {
+        let pki = PkiConfig::defaults("lotabots-system");
+        assert_eq!(pki.ca_configmap, "lotabots-operator-ca");
+        assert!(pki.ca_configmap_copies.is_empty());
+    }
+
+    #[test]
+    fn the_ca_file_is_ca_crt_beside_the_certificate() {
+        assert_eq!(
+            ca_file_beside(Path::new("/etc/lotabots/tls/tls.crt")),
+            Path::new("/etc/lotabots/tls/ca.crt")
+        );
+    }
+
+    #[test]
+    fn a_ca_file_is_published_only_when_it_holds_a_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        assert_eq!(read_ca_file(&path), Ok(None), "no file: nothing to publish");
+        std::fs::write(&path, "\n").unwrap();
+        assert_eq!(read_ca_file(&path), Ok(None), "empty: nothing to publish");
+        let (ca, key) = new_ca(Timestamp::now()).unwrap();
+        std::fs::write(&path, &ca).unwrap();
+        assert_eq!(read_ca_file(&path), Ok(Some(ca)));
+        for (what, text) in [
+            ("a private key", key.as_str()),
+            ("garbage", "not a certificate"),
+            (
+                "a broken certificate",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = read_ca_file(&path).expect_err(what);
+            assert!(
+                err.contains(&path.display().to_string()),
+                "{what}: {err} does not name the file"
+            );
+        }
+        // A directory where the file should be: an error, not "nothing to publish".
+        let err = read_ca_file(dir.path()).expect_err("a directory");
+        assert!(err.contains("reading the CA certificate"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! Reconciles run when a GpuAttestation changes, when a node's labels change (it may
 //! start or stop matching), when evidence arrives (debounced), and periodically, so that
 //! nodes whose agent went silent turn `Unknown`.
+//!
+//! A GpuAttestation with `spec.workloadCheck` also folds in its nodes' GPU self-test
+//! results (see [`crate::workload_fold`]); their arrival triggers a reconcile as well.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,7 +36,9 @@ use crate::backoff::Backoff;
 use crate::evidence_api::LatestEvidence;
 use crate::evidence_store::VerdictLog;
 use crate::metrics::ControllerMetrics;
-use crate::status::{Judging, build_status, judge_node_with, stalled_status};
+use crate::status::{Judging, build_status_with_workload, judge_node_with, stalled_status};
+use crate::workload_fold;
+use crate::workload_results::WorkloadResults;
 
 /// The finalizer that removes the node labels a GpuAttestation wrote.
 pub const FINALIZER: &str = "lotabots.io/node-labels";
@@ -62,6 +67,8 @@ pub struct Context {
     client: Client,
     nodes: Store<PartialObjectMeta<Node>>,
     evidence: Arc<LatestEvidence>,
+    /// The GPU self-test results the workload API accepted.
+    workloads: Arc<WorkloadResults>,
     settings: Settings,
     recorder: Recorder,
     metrics: ControllerMetrics,
@@ -97,9 +104,40 @@ impl Error {
 
 /// Runs the controller until `shutdown` resolves; with a `verdict_log`, every change of
 /// a node's verdict is recorded there before the status shows it.
+///
+/// No workload API feeds this controller self-test results: the nodes of a
+/// GpuAttestation with `spec.workloadCheck` time out. [`run_with_workloads`] is the
+/// operator's.
 pub async fn run(
     client: Client,
     evidence: Arc<LatestEvidence>,
+    settings: Settings,
+    metrics: ControllerMetrics,
+    reporter: Reporter,
+    verdict_log: Option<Arc<dyn VerdictLog>>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let workloads = Arc::new(WorkloadResults::default());
+    run_with_workloads(
+        client,
+        evidence,
+        workloads,
+        settings,
+        metrics,
+        reporter,
+        verdict_log,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`], folding in the GPU self-test results of `workloads` (what the workload API
+/// accepts) and reconciling whenever one arrives.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_with_workloads(
+    client: Client,
+    evidence: Arc<LatestEvidence>,
+    workloads: Arc<WorkloadResults>,
     settings: Settings,
     metrics: ControllerMetrics,
     reporter: Reporter,
@@ -131,6 +169,7 @@ pub async fn run(
         client,
         nodes,
         evidence: evidence.clone(),
+        workloads: workloads.clone(),
         settings,
         metrics,
         failures: Backoff::default(),
@@ -139,7 +178,7 @@ pub async fn run(
     controller
         .reconcile_all_on(futures::stream::select(
             node_changes,
-            evidence_arrivals(evidence),
+            futures::stream::select(evidence_arrivals(evidence), workload_arrivals(workloads)),
         ))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
@@ -154,6 +193,14 @@ pub async fn run(
 /// One item per accepted submission (coalesced by the controller's debounce).
 fn evidence_arrivals(evidence: Arc<LatestEvidence>) -> impl Stream<Item = ()> + Send + 'static {
     futures::stream::unfold(evidence.subscribe(), |mut rx| async move {
+        rx.changed().await.ok()?;
+        Some(((), rx))
+    })
+}
+
+/// One item per accepted self-test result (coalesced by the controller's debounce).
+fn workload_arrivals(workloads: Arc<WorkloadResults>) -> impl Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(workloads.subscribe(), |mut rx| async move {
         rx.changed().await.ok()?;
         Some(((), rx))
     })
@@ -248,19 +295,36 @@ async fn apply(att: &GpuAttestation, ctx: &Context) -> Result<Action, Error> {
         .iter()
         .filter(|n| selector.matches(n.metadata.labels.as_ref().unwrap_or(&BTreeMap::new())))
         .collect();
+    let uid = att.metadata.uid.clone().unwrap_or_default();
+    let mut workload_outcomes = Vec::new();
     let results: Vec<_> = matched
         .iter()
         .map(|n| {
             let node = n.name_any();
             let latest = ctx.evidence.get(&node);
-            judge_node_with(
+            let result = judge_node_with(
                 &node,
                 latest.as_deref(),
                 &att.spec.policy,
                 &judging,
                 ctx.settings.reference_bundle.as_ref(),
                 now,
-            )
+            );
+            let Some(check) = &att.spec.workload_check else {
+                return result;
+            };
+            let self_test = ctx.workloads.get(&node, &name);
+            let outcome = workload_fold::judge(
+                check,
+                &uid,
+                &result,
+                latest.as_deref(),
+                self_test.as_deref(),
+                now,
+            );
+            let folded = workload_fold::fold(check, result, &outcome);
+            workload_outcomes.push((node, outcome));
+            folded
         })
         .collect();
 
@@ -305,9 +369,18 @@ async fn apply(att: &GpuAttestation, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
-    let status = build_status(generation, att.status.as_ref(), results, now);
+    let workload = att
+        .spec
+        .workload_check
+        .as_ref()
+        .map(|_| workload_fold::condition(&workload_outcomes));
+    let status =
+        build_status_with_workload(generation, att.status.as_ref(), results, workload, now);
     patch_status(ctx, &name, &status).await?;
-    Ok(Action::requeue(ctx.settings.resync.min(interval)))
+    // A pending self-test times out at a known time: look again then.
+    let next = workload_fold::next_deadline(&workload_outcomes, now)
+        .map_or(ctx.settings.resync, |d| d.min(ctx.settings.resync));
+    Ok(Action::requeue(next.min(interval)))
 }
 
 async fn cleanup(att: &GpuAttestation, ctx: &Context) -> Result<Action, Error> {
@@ -567,6 +640,7 @@ mod tests {
             client,
             nodes: store,
             evidence,
+            workloads: Arc::new(WorkloadResults::default()),
             settings: Settings {
                 grace: Duration::from_secs(60),
                 allow_simulated: true,
@@ -808,6 +882,51 @@ mod tests {
                 .unwrap()
                 .contains("spec.nodeSelector"),
             "{stalled}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_workload_check_adds_the_workload_condition_to_the_status() {
+        let mut att = attestation(None);
+        att.spec.workload_check = Some(lotabots_crds::gpu_attestation::WorkloadCheck {
+            image: "ghcr.io/lotabots/gpu-selftest:v1".into(),
+            timeout: "5m".into(),
+            min_bandwidth_gbps: None,
+            required: true,
+        });
+        let (client, seen) = api_server(&att, |_, _| None);
+        let ctx = context(client, vec![node("n", &[PRESENT])], &["n"]);
+        apply(&att, &ctx).await.unwrap();
+        let status = requests(&seen, "PATCH", "/gpuattestations/fleet/status");
+        let workload = status[0]["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == lotabots_crds::conditions::WORKLOAD_CHECKED)
+            .cloned()
+            .expect("a WorkloadChecked condition");
+        // The evidence has no GPU, so the node fails the policy and runs no self-test.
+        assert_eq!(
+            (workload["status"].as_str(), workload["reason"].as_str()),
+            (Some("Unknown"), Some(reason::WORKLOAD_PENDING)),
+            "{workload}"
+        );
+        // Without a workload check there is no such condition (the other tests' statuses).
+        let plain = attestation(None);
+        let (client, seen) = api_server(&plain, |_, _| None);
+        apply(
+            &plain,
+            &context(client, vec![node("n", &[PRESENT])], &["n"]),
+        )
+        .await
+        .unwrap();
+        let status = requests(&seen, "PATCH", "/gpuattestations/fleet/status");
+        assert!(
+            status[0]["status"]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["type"] != lotabots_crds::conditions::WORKLOAD_CHECKED)
         );
     }
 

@@ -137,7 +137,24 @@ pub fn judge_node_with(
 pub fn build_status(
     generation: Option<i64>,
     previous: Option<&GpuAttestationStatus>,
+    results: Vec<NodeResult>,
+    now: Timestamp,
+) -> GpuAttestationStatus {
+    build_status_with_workload(generation, previous, results, None, now)
+}
+
+/// The `WorkloadChecked` condition of a GpuAttestation with `spec.workloadCheck`:
+/// (status, reason, message), as [`crate::workload_fold::condition`] computes it.
+pub type WorkloadCondition = (&'static str, &'static str, String);
+
+/// [`build_status`] of a GpuAttestation with a workload check: `results` already have
+/// the self-test folded in, and `workload` becomes the `WorkloadChecked` condition
+/// (absent without a workload check).
+pub fn build_status_with_workload(
+    generation: Option<i64>,
+    previous: Option<&GpuAttestationStatus>,
     mut results: Vec<NodeResult>,
+    workload: Option<WorkloadCondition>,
     now: Timestamp,
 ) -> GpuAttestationStatus {
     let count = |v: Verdict| results.iter().filter(|r| r.verdict == v).count() as u32;
@@ -208,7 +225,13 @@ pub fn build_status(
             Health::Reconciling,
             (
                 reason::RECONCILING,
-                format!("waiting for the first evidence of {unknown} of {matched} nodes"),
+                if workload.is_some() {
+                    format!(
+                        "waiting for the first evidence or GPU self-test result of {unknown} of {matched} nodes"
+                    )
+                } else {
+                    format!("waiting for the first evidence of {unknown} of {matched} nodes")
+                },
             ),
         )
     } else {
@@ -224,7 +247,7 @@ pub fn build_status(
     let prev = previous
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let conditions = [
+    let mut conditions: Vec<Condition> = [
         (conditions::READY, flag(ready == Health::Ready)),
         (conditions::RECONCILING, flag(ready == Health::Reconciling)),
         (conditions::STALLED, flag(ready == Health::Stalled)),
@@ -244,6 +267,17 @@ pub fn build_status(
         )
     })
     .collect();
+    if let Some((status, why, message)) = workload {
+        conditions.push(condition(
+            prev,
+            conditions::WORKLOAD_CHECKED,
+            status,
+            why,
+            message,
+            generation,
+            &checked_at,
+        ));
+    }
 
     GpuAttestationStatus {
         observed_generation: generation,
