@@ -39,6 +39,65 @@ pub struct BackendArgs {
     node_name: Option<String>,
 }
 
+/// How `run` launches the isolated workload pods (GPU self-tests) on its node.
+#[derive(Debug, clap::Args)]
+pub struct WorkloadArgs {
+    /// Launch no workload pods, even for GpuAttestations with a workloadCheck.
+    #[arg(long, env = "LOTABOTS_NO_WORKLOADS")]
+    no_workloads: bool,
+    /// Namespace the workload pods are created in (Pod Security `restricted`, deny-all
+    /// NetworkPolicy but for the operator).
+    #[arg(long, env = "LOTABOTS_WORKLOAD_NAMESPACE", default_value = lotabots_crds::workload::DEFAULT_NAMESPACE)]
+    workload_namespace: String,
+    /// `runtimeClassName` of the workload pods (e.g. `gvisor`, `kata-qemu`, `nvidia`);
+    /// unset: the cluster's default runtime.
+    #[arg(long, env = "LOTABOTS_WORKLOAD_RUNTIME_CLASS")]
+    workload_runtime_class: Option<String>,
+    /// Workload pods alive on this node at once; further requests wait for the next round.
+    #[arg(long, env = "LOTABOTS_MAX_WORKLOAD_PODS", default_value_t = 2,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    max_workload_pods: u16,
+    /// ConfigMap in the workload namespace holding the operator's CA certificate
+    /// (`ca.crt`), projected into each workload pod.
+    #[arg(
+        long,
+        env = "LOTABOTS_OPERATOR_CA_CONFIGMAP",
+        default_value = "lotabots-operator-ca"
+    )]
+    operator_ca_configmap: String,
+    /// The operator URL the workload pods post their results to; default: --operator-url.
+    #[arg(long, env = "LOTABOTS_WORKLOAD_OPERATOR_URL")]
+    workload_operator_url: Option<String>,
+    /// How long a failed workload pod is kept (for its logs) before it is deleted, e.g. `10m`.
+    #[arg(long, env = "LOTABOTS_WORKLOAD_TTL", default_value = "10m", value_parser = duration_arg)]
+    workload_ttl: Duration,
+}
+
+impl WorkloadArgs {
+    /// The launcher's configuration, or none when workloads are off.
+    pub fn launcher_config(&self, operator_url: &str) -> Option<crate::launcher::LauncherConfig> {
+        if self.no_workloads {
+            return None;
+        }
+        let mut pod = crate::launcher::PodSettings::new(
+            self.workload_operator_url
+                .as_deref()
+                .unwrap_or(operator_url),
+        );
+        pod.namespace.clone_from(&self.workload_namespace);
+        pod.runtime_class = self
+            .workload_runtime_class
+            .clone()
+            .filter(|r| !r.is_empty());
+        pod.operator_ca_configmap
+            .clone_from(&self.operator_ca_configmap);
+        let mut cfg = crate::launcher::LauncherConfig::new(pod);
+        cfg.max_pods = usize::from(self.max_workload_pods);
+        cfg.finished_ttl = self.workload_ttl;
+        Some(cfg)
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Measure the GPUs once and print the evidence.
@@ -92,6 +151,8 @@ enum Command {
             default_value = "/var/run/secrets/lotabots/token"
         )]
         token_file: PathBuf,
+        #[command(flatten)]
+        workloads: WorkloadArgs,
     },
     /// List the built-in simulated profiles.
     Profiles,
@@ -189,6 +250,7 @@ pub fn run(cli: Cli) -> Result<(), BackendError> {
             operator_url,
             operator_ca,
             token_file,
+            workloads,
         } => {
             let Some(node) = backend.node_name.clone().filter(|n| !n.is_empty()) else {
                 return Err(BackendError::Input(
@@ -201,7 +263,13 @@ pub fn run(cli: Cli) -> Result<(), BackendError> {
             })?;
             let operator = OperatorClient::new(&operator_url, &ca, token_file)
                 .map_err(|e| BackendError::Input(e.to_string()))?;
-            serve(&backend, listen, interval, Some((node, operator)))
+            let workloads = workloads.launcher_config(&operator_url);
+            serve(
+                &backend,
+                listen,
+                interval,
+                Some((node, operator, workloads)),
+            )
         }
         Command::Profiles => {
             for name in crate::simulated::builtin_names() {
@@ -217,7 +285,11 @@ fn serve(
     backend: &BackendArgs,
     listen: SocketAddr,
     interval: Duration,
-    attest: Option<(String, OperatorClient)>,
+    attest: Option<(
+        String,
+        OperatorClient,
+        Option<crate::launcher::LauncherConfig>,
+    )>,
 ) -> Result<(), BackendError> {
     let selected = select(backend)?;
     tracing::info!("{}", selected.note);
@@ -239,13 +311,17 @@ fn serve(
     rt.block_on(async move {
         let attest = match attest {
             None => None,
-            Some((_, operator)) => {
+            Some((_, operator, workloads)) => {
                 // Only the ring provider is compiled in; kube's client needs a default.
                 let _ = rustls::crypto::ring::default_provider().install_default();
                 let kube = kube::Client::try_default()
                     .await
                     .map_err(|e| runtime_error("Kubernetes client")(e.to_string()))?;
-                Some(crate::server::AttestTo { kube, operator })
+                Some(crate::server::AttestTo {
+                    kube,
+                    operator,
+                    workloads,
+                })
             }
         };
         crate::server::serve(
@@ -269,6 +345,44 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn workload_flags_shape_the_launcher() {
+        let cli = Cli::try_parse_from([
+            "lotabots-agent",
+            "run",
+            "--operator-url",
+            "https://op:8443",
+            "--workload-runtime-class",
+            "gvisor",
+            "--max-workload-pods",
+            "3",
+        ])
+        .unwrap();
+        let Command::Run { workloads, .. } = cli.command else {
+            panic!("run")
+        };
+        let cfg = workloads.launcher_config("https://op:8443").unwrap();
+        assert_eq!(cfg.max_pods, 3);
+        assert_eq!(cfg.pod.namespace, "lotabots-workloads");
+        assert_eq!(cfg.pod.runtime_class.as_deref(), Some("gvisor"));
+        assert_eq!(
+            cfg.pod.operator_url, "https://op:8443",
+            "defaults to --operator-url"
+        );
+        assert_eq!(cfg.pod.operator_ca_configmap, "lotabots-operator-ca");
+        assert!(
+            Cli::try_parse_from([
+                "lotabots-agent",
+                "run",
+                "--operator-url",
+                "u",
+                "--max-workload-pods",
+                "0"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

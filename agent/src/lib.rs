@@ -4,6 +4,7 @@
 pub mod attest;
 pub mod backend;
 pub mod cli;
+pub mod launcher;
 pub mod metrics;
 pub mod nvml;
 pub mod operator_client;

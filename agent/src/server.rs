@@ -58,6 +58,8 @@ pub struct AttestTo {
     pub kube: kube::Client,
     /// The operator's evidence API.
     pub operator: crate::operator_client::OperatorClient,
+    /// How to launch the workload pods GpuAttestations ask for; none: launch none.
+    pub workloads: Option<crate::launcher::LauncherConfig>,
 }
 
 /// The HTTP routes, for tests and for `serve`.
@@ -139,7 +141,22 @@ pub async fn serve(
         async move {
             match attest {
                 Some(to) => {
-                    crate::attest::run_loop(to.kube, backend, to.operator, node, state).await
+                    let launcher = to.workloads.map(|cfg| {
+                        Arc::new(crate::launcher::Launcher::new(
+                            to.kube.clone(),
+                            node.clone(),
+                            cfg,
+                        ))
+                    });
+                    crate::attest::run_loop_launching(
+                        to.kube,
+                        backend,
+                        to.operator,
+                        node,
+                        state,
+                        launcher,
+                    )
+                    .await
                 }
                 None => std::future::pending().await,
             }

@@ -20,6 +20,30 @@ pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY`] on lotabots' own objects.
 pub const MANAGED_BY_VALUE: &str = "lotabots";
 
+/// On every workload pod: which workload it runs ([`crate::workload::WorkloadKind::as_str`],
+/// `gpu-selftest` or `behaviour-probes`).
+pub const WORKLOAD_KIND: &str = "lotabots.io/workload-kind";
+/// On every workload pod: the [`crate::workload::WorkloadRequest::id`] it was launched for.
+pub const WORKLOAD_ID: &str = "lotabots.io/workload-id";
+/// On every workload pod: the node it is pinned to, as [`node_label_value`] writes it. The
+/// launcher counts and reaps its own node's pods by this label (a pod that is not yet
+/// scheduled has no `spec.nodeName` to select on).
+pub const NODE: &str = "lotabots.io/node";
+/// On a workload pod whose owner is namespaced in another namespace (a ModelAttestation):
+/// the owner's UID. An owner reference cannot cross namespaces, so the garbage collector
+/// cannot remove such a pod; the launcher does, once no object with this UID exists at
+/// [`OWNER_NAMESPACE_ANNOTATION`]/[`OWNER_NAME_ANNOTATION`].
+pub const OWNER_UID: &str = "lotabots.io/owner-uid";
+/// Annotation (not a label: the value may be longer than 63 characters) next to
+/// [`OWNER_UID`]: the owner's `apiVersion`.
+pub const OWNER_API_VERSION_ANNOTATION: &str = "lotabots.io/owner-api-version";
+/// Annotation next to [`OWNER_UID`]: the owner's kind.
+pub const OWNER_KIND_ANNOTATION: &str = "lotabots.io/owner-kind";
+/// Annotation next to [`OWNER_UID`]: the owner's namespace.
+pub const OWNER_NAMESPACE_ANNOTATION: &str = "lotabots.io/owner-namespace";
+/// Annotation next to [`OWNER_UID`]: the owner's name.
+pub const OWNER_NAME_ANNOTATION: &str = "lotabots.io/owner-name";
+
 /// Label value for a boolean `true`.
 pub const TRUE: &str = "true";
 /// Label value for a boolean `false`.
@@ -86,6 +110,32 @@ pub fn gfd_label_value(value: &str) -> String {
     value.trim().replace(' ', "-")
 }
 
+/// Longest label value Kubernetes accepts.
+pub const MAX_LABEL_VALUE_LEN: usize = 63;
+
+/// A node name as the value of [`NODE`]: the name itself when it is a valid label value
+/// (almost always), else `sha256-` and the first 48 hex digits of its SHA-256 — node names
+/// may be DNS subdomains of up to 253 characters, label values at most 63.
+pub fn node_label_value(node: &str) -> String {
+    if is_label_value(node) {
+        return node.to_owned();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(node.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256-{}", &hex[..48])
+}
+
+/// Whether `v` is a valid label value: at most 63 characters, alphanumerics, `-`, `_`, `.`,
+/// beginning and ending with an alphanumeric (or empty).
+pub fn is_label_value(v: &str) -> bool {
+    v.len() <= MAX_LABEL_VALUE_LEN
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && v.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +164,14 @@ mod tests {
             CUDA_DRIVER_VERSION_FULL,
             MIG_CAPABLE,
             MIG_STRATEGY,
+            WORKLOAD_KIND,
+            WORKLOAD_ID,
+            NODE,
+            OWNER_UID,
+            OWNER_API_VERSION_ANNOTATION,
+            OWNER_KIND_ANNOTATION,
+            OWNER_NAMESPACE_ANNOTATION,
+            OWNER_NAME_ANNOTATION,
         ] {
             let (prefix, name) = key.split_once('/').unwrap();
             assert!(
@@ -121,5 +179,21 @@ mod tests {
                 "{key}"
             );
         }
+    }
+
+    #[test]
+    fn node_label_values_fit_a_label() {
+        assert_eq!(node_label_value("gpu-node-1.example"), "gpu-node-1.example");
+        let long = format!("{}.example.com", "n".repeat(80));
+        let v = node_label_value(&long);
+        assert!(
+            v.starts_with("sha256-") && v.len() == 55 && is_label_value(&v),
+            "{v}"
+        );
+        assert_ne!(
+            v,
+            node_label_value(&format!("{}.example.org", "n".repeat(80)))
+        );
+        assert!(!is_label_value("-x") && !is_label_value("a b") && is_label_value(""));
     }
 }

@@ -18,6 +18,13 @@ pub const RESULT_SCHEMA_VERSION: &str = "lotabots.io/workload-result/v1alpha1";
 /// Namespace the isolated pods run in unless configured otherwise.
 pub const DEFAULT_NAMESPACE: &str = "lotabots-workloads";
 
+/// The ServiceAccount workload pods run as: it has no RBAC rights at all; its pod-bound
+/// token (audience [`TOKEN_AUDIENCE`]) only identifies the pod to the operator.
+pub const SERVICE_ACCOUNT: &str = "lotabots-workload";
+
+/// Audience of the projected token a workload pod posts its result with.
+pub const TOKEN_AUDIENCE: &str = "lotabots";
+
 /// The operator's endpoint a pod posts its [`WorkloadResult`] to.
 pub const RESULT_PATH: &str = "/v1/workload-results";
 
@@ -115,6 +122,14 @@ pub struct WorkloadRequest {
     /// suite for probes).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub params: BTreeMap<String, String>,
+}
+
+impl WorkloadRequest {
+    /// The name of the pod that runs this request: `<kind>-<id>` (`gpu-selftest-3f…`).
+    /// Deterministic, so that creating it twice is one pod (the second create gets 409).
+    pub fn pod_name(&self) -> String {
+        format!("{}-{}", self.kind.as_str(), self.id)
+    }
 }
 
 /// What a workload pod posts to [`RESULT_PATH`].

@@ -49,6 +49,9 @@ fn main() -> ExitCode {
 
 const URL: &str = "https://127.0.0.1:9443/validate/";
 
+/// The isolated workload pods' namespace (config/workloads).
+const WORKLOADS: &str = lotabots_crds::workload::DEFAULT_NAMESPACE;
+
 const RUNTIME_CLASS: &str = r#"
 apiVersion: node.k8s.io/v1
 kind: RuntimeClass
@@ -340,11 +343,12 @@ async fn the_e2e_overlay_installs_and_its_pods_are_admitted(ctx: Ctx) -> Result<
 /// names, verbs (sorted).
 type Permission = (String, String, Vec<String>);
 
-async fn permissions(ctx: &Ctx, sa: &str) -> Result<BTreeSet<Permission>> {
+/// What `sa` (of lotabots-system) may do in `namespace` (and cluster-wide).
+async fn permissions(ctx: &Ctx, sa: &str, namespace: &str) -> Result<BTreeSet<Permission>> {
     let user = format!("--as=system:serviceaccount:{NAMESPACE}:{sa}");
     let out = ctx
         .plane()
-        .kubectl_out(&["auth", "can-i", "--list", "-n", NAMESPACE, &user])
+        .kubectl_out(&["auth", "can-i", "--list", "-n", namespace, &user])
         .await?;
     let mut perms = BTreeSet::new();
     for line in out.lines().skip(1) {
@@ -376,13 +380,15 @@ async fn permissions(ctx: &Ctx, sa: &str) -> Result<BTreeSet<Permission>> {
     Ok(perms)
 }
 
-/// What `sa` may do beyond an unbound ServiceAccount of the same namespace.
+/// What `sa` may do in `namespace` beyond an unbound ServiceAccount (`baseline`, listed
+/// for the same namespace).
 async fn granted(
     ctx: &Ctx,
     sa: &str,
+    namespace: &str,
     baseline: &BTreeSet<Permission>,
 ) -> Result<BTreeSet<Permission>> {
-    Ok(permissions(ctx, sa)
+    Ok(permissions(ctx, sa, namespace)
         .await?
         .difference(baseline)
         .cloned()
@@ -400,9 +406,14 @@ fn perm_named(resource: &str, names: &str, verbs: &[&str]) -> Permission {
     (resource.into(), names.into(), v)
 }
 
-/// `kubectl auth can-i VERB RESOURCE ARGS` as `sa`: true for yes.
+/// `kubectl auth can-i VERB RESOURCE ARGS` as `sa`: true for yes. `sa` is a
+/// ServiceAccount of lotabots-system, or `namespace:name` of another one.
 async fn can(ctx: &Ctx, sa: &str, verb: &str, resource: &str, args: &[&str]) -> Result<bool> {
-    let user = format!("--as=system:serviceaccount:{NAMESPACE}:{sa}");
+    let user = if sa.contains(':') {
+        format!("--as=system:serviceaccount:{sa}")
+    } else {
+        format!("--as=system:serviceaccount:{NAMESPACE}:{sa}")
+    };
     let mut all = vec!["auth", "can-i", verb, resource, user.as_str()];
     all.extend_from_slice(args);
     let out = kubectl(ctx, &all, None).await?;
@@ -415,12 +426,15 @@ async fn can(ctx: &Ctx, sa: &str, verb: &str, resource: &str, args: &[&str]) -> 
 
 async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) -> Result<()> {
     installed(&ctx).await?;
-    let baseline = permissions(&ctx, "lotabots-e2e-unbound").await?;
+    let baseline = permissions(&ctx, "lotabots-e2e-unbound", NAMESPACE).await?;
     ensure!(!baseline.is_empty(), "no baseline permissions listed");
 
-    let agent = granted(&ctx, "lotabots-agent", &baseline).await?;
+    let agent = granted(&ctx, "lotabots-agent", NAMESPACE, &baseline).await?;
     let want: BTreeSet<Permission> = [
         perm("gpuattestations.lotabots.io", &["get", "list", "watch"]),
+        // Whether the ModelAttestation behind a workload pod still exists (the pod cannot
+        // carry an owner reference across namespaces; config/rbac/agent_role.yaml).
+        perm("modelattestations.lotabots.io", &["get"]),
         perm("nodes", &["get"]),
     ]
     .into();
@@ -429,14 +443,15 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         "the agent's permissions: {agent:?}, want {want:?}"
     );
 
-    let webhook = granted(&ctx, "lotabots-webhook", &baseline).await?;
+    let webhook = granted(&ctx, "lotabots-webhook", NAMESPACE, &baseline).await?;
     ensure!(
         webhook.is_empty(),
         "the webhook may do more than an unbound ServiceAccount: {webhook:?}"
     );
 
-    let operator = granted(&ctx, "lotabots-operator", &baseline).await?;
-    let want: BTreeSet<Permission> = [
+    let operator = granted(&ctx, "lotabots-operator", NAMESPACE, &baseline).await?;
+    // Its ClusterRole, which every namespace's listing shows.
+    let cluster_wide: BTreeSet<Permission> = [
         perm(
             "gpuattestations.lotabots.io",
             &["get", "list", "watch", "patch"],
@@ -451,20 +466,6 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         perm("nodes", &["get", "list", "watch", "patch"]),
         perm("events.events.k8s.io", &["create", "patch"]),
         perm("tokenreviews.authentication.k8s.io", &["create"]),
-        perm("leases.coordination.k8s.io", &["get", "create", "update"]),
-        // The certificates it issues (README, "Certificates").
-        // (kubectl lists a rule's resource names one per line)
-        perm_named("secrets", "[lotabots-ca]", &["get", "patch"]),
-        perm_named("secrets", "[lotabots-operator-tls]", &["get", "patch"]),
-        perm_named("secrets", "[lotabots-webhook-tls]", &["get", "patch"]),
-        // The evidence store's key-encryption keys (read only) and the attestation
-        // token signing keys (its own).
-        perm_named("secrets", "[lotabots-bundle-keys]", &["get"]),
-        perm_named("secrets", "[lotabots-token-signing]", &["get", "patch"]),
-        perm_named("configmaps", "[lotabots-operator-ca]", &["get", "patch"]),
-        perm("secrets", &["create"]),
-        // Public keys of ModelAttestations (any namespace) and the CA ConfigMap it creates.
-        perm("configmaps", &["create", "get"]),
         perm_named(
             "validatingwebhookconfigurations.admissionregistration.k8s.io",
             "[lotabots-webhook]",
@@ -472,13 +473,57 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         ),
     ]
     .into();
+    let want: BTreeSet<Permission> = cluster_wide
+        .iter()
+        .cloned()
+        .chain([
+            perm("leases.coordination.k8s.io", &["get", "create", "update"]),
+            // The certificates it issues (README, "Certificates").
+            // (kubectl lists a rule's resource names one per line)
+            perm_named("secrets", "[lotabots-ca]", &["get", "patch"]),
+            perm_named("secrets", "[lotabots-operator-tls]", &["get", "patch"]),
+            perm_named("secrets", "[lotabots-webhook-tls]", &["get", "patch"]),
+            // The evidence store's key-encryption keys (read only) and the attestation
+            // token signing keys (its own).
+            perm_named("secrets", "[lotabots-bundle-keys]", &["get"]),
+            perm_named("secrets", "[lotabots-token-signing]", &["get", "patch"]),
+            // The challenge key the replicas share (created once, then only read).
+            perm_named("secrets", "[lotabots-challenge-key]", &["get"]),
+            perm_named("configmaps", "[lotabots-operator-ca]", &["get", "patch"]),
+            perm("secrets", &["create"]),
+            // Public keys of ModelAttestations (any namespace) and the CA ConfigMap it creates.
+            perm("configmaps", &["create", "get"]),
+        ])
+        .collect();
     ensure!(
         operator == want,
         "the operator's permissions (in {NAMESPACE}): {operator:?}, want {want:?}"
     );
+    // In the workload namespace (config/workloads/operator_role.yaml): read a pod that
+    // posts a result, and publish its CA for the pods there; nothing else.
+    let baseline_workloads = permissions(&ctx, "lotabots-e2e-unbound", WORKLOADS).await?;
+    let operator_workloads =
+        granted(&ctx, "lotabots-operator", WORKLOADS, &baseline_workloads).await?;
+    let want: BTreeSet<Permission> = cluster_wide
+        .iter()
+        .cloned()
+        .chain([
+            perm("pods", &["get"]),
+            perm_named("configmaps", "[lotabots-operator-ca]", &["get", "patch"]),
+            // `create` for that ConfigMap; `get` of any from the ClusterRole.
+            perm("configmaps", &["create", "get"]),
+        ])
+        .collect();
+    ensure!(
+        operator_workloads == want,
+        "the operator's permissions (in {WORKLOADS}): {operator_workloads:?}, want {want:?}"
+    );
 
     let all = ["--all-namespaces"];
     let here = ["-n", NAMESPACE];
+    let workloads = ["-n", WORKLOADS];
+    let workloads_exec = ["-n", "lotabots-workloads", "--subresource=exec"];
+    let workloads_log = ["-n", "lotabots-workloads", "--subresource=log"];
     let status = ["--subresource=status"];
     // (ServiceAccount, verb, resource, args, allowed)
     let checks: &[(&str, &str, &str, &[&str], bool)] = &[
@@ -533,12 +578,74 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         ("lotabots-agent", "list", "nodes", &[], false),
         (
             "lotabots-agent",
-            "get",
+            "list",
+            "modelattestations.lotabots.io",
+            &all,
+            false,
+        ),
+        (
+            "lotabots-agent",
+            "update",
             "modelattestations.lotabots.io",
             &all,
             false,
         ),
         ("lotabots-agent", "get", "configmaps", &here, false),
+        // Its workload pods: create, watch and delete them in the workload namespace only
+        // (config/workloads/agent_role.yaml); nothing else there, no pods elsewhere.
+        ("lotabots-agent", "create", "pods", &workloads, true),
+        ("lotabots-agent", "delete", "pods", &workloads, true),
+        ("lotabots-agent", "watch", "pods", &workloads, true),
+        ("lotabots-agent", "update", "pods", &workloads, false),
+        ("lotabots-agent", "patch", "pods", &workloads, false),
+        ("lotabots-agent", "create", "pods", &workloads_exec, false),
+        ("lotabots-agent", "get", "pods", &workloads_log, false),
+        (
+            "lotabots-agent",
+            "create",
+            "deployments.apps",
+            &workloads,
+            false,
+        ),
+        ("lotabots-agent", "create", "jobs.batch", &workloads, false),
+        ("lotabots-agent", "get", "secrets", &workloads, false),
+        ("lotabots-agent", "create", "pods", &here, false),
+        (
+            "lotabots-agent",
+            "create",
+            "pods",
+            &["-n", "default"],
+            false,
+        ),
+        // The workload pods' own ServiceAccount: nothing at all.
+        (
+            "lotabots-workloads:lotabots-workload",
+            "get",
+            "pods",
+            &workloads,
+            false,
+        ),
+        (
+            "lotabots-workloads:lotabots-workload",
+            "create",
+            "pods",
+            &workloads,
+            false,
+        ),
+        (
+            "lotabots-workloads:lotabots-workload",
+            "get",
+            "configmaps",
+            &workloads,
+            false,
+        ),
+        (
+            "lotabots-workloads:lotabots-workload",
+            "get",
+            "gpuattestations.lotabots.io",
+            &[],
+            false,
+        ),
         ("lotabots-agent", "list", "pods", &all, false),
         (
             "lotabots-agent",
@@ -724,6 +831,51 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
         ),
         ("lotabots-operator", "list", "pods", &all, false),
         ("lotabots-operator", "create", "pods", &here, false),
+        ("lotabots-operator", "get", "pods", &here, false),
+        // In the workload namespace: get a pod, publish its CA; no more.
+        ("lotabots-operator", "get", "pods", &workloads, true),
+        ("lotabots-operator", "list", "pods", &workloads, false),
+        ("lotabots-operator", "watch", "pods", &workloads, false),
+        ("lotabots-operator", "create", "pods", &workloads, false),
+        ("lotabots-operator", "patch", "pods", &workloads, false),
+        ("lotabots-operator", "delete", "pods", &workloads, false),
+        ("lotabots-operator", "get", "pods", &workloads_log, false),
+        (
+            "lotabots-operator",
+            "create",
+            "pods",
+            &workloads_exec,
+            false,
+        ),
+        (
+            "lotabots-operator",
+            "patch",
+            "configmaps/lotabots-operator-ca",
+            &workloads,
+            true,
+        ),
+        (
+            "lotabots-operator",
+            "create",
+            "configmaps",
+            &workloads,
+            true,
+        ),
+        (
+            "lotabots-operator",
+            "patch",
+            "configmaps/someone-elses",
+            &workloads,
+            false,
+        ),
+        (
+            "lotabots-operator",
+            "delete",
+            "configmaps",
+            &workloads,
+            false,
+        ),
+        ("lotabots-operator", "get", "secrets", &workloads, false),
         // ConfigMaps it may read (public keys of ModelAttestations), never list.
         ("lotabots-operator", "get", "configmaps", &here, true),
         ("lotabots-operator", "list", "configmaps", &all, false),

@@ -384,6 +384,7 @@ fn run_config(
         client_api: None,
         store: Default::default(),
         models: Default::default(),
+        workloads: Default::default(),
     }
 }
 
@@ -450,7 +451,8 @@ impl Running {
 }
 
 /// `lotabots-operator run` as its command wires it, with certificate files (the
-/// cert-manager way): not ready until it leads; a forged token is refused by the API
+/// cert-manager way): not ready until it leads; as leader it publishes the ca.crt beside
+/// the certificate to the workload namespace; a forged token is refused by the API
 /// server's review and counted; it stops cleanly when asked.
 async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> Result<()> {
     let ns = ctx.namespace().await?;
@@ -458,8 +460,16 @@ async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> 
     let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
     std::fs::write(dir.path().join("tls.crt"), cert.cert.pem())?;
     std::fs::write(dir.path().join("tls.key"), cert.signing_key.serialize_pem())?;
+    // The CA beside the certificate (as in a cert-manager Secret): the leader publishes it
+    // to the workload namespace.
+    std::fs::write(dir.path().join("ca.crt"), cert.cert.pem())?;
+    let workloads = ctx.name("workloads");
+    lotabots_e2e::resources::ensure_namespace(&ctx.client(), &workloads).await?;
     let ports = lotabots_e2e::ports::free_ports(2)?;
-    let running = start_run(&ctx, run_config(&ns, &ports, false, dir.path())).await?;
+    let mut cfg = run_config(&ns, &ports, false, dir.path());
+    cfg.workloads.service_account = format!("{workloads}/workload");
+    let running = start_run(&ctx, cfg).await?;
+    published_ca(&ctx, &workloads, &cert.cert.pem()).await?;
 
     // A token the API server does not know: refused by its TokenReview, and counted.
     let token = dir.path().join("token");
@@ -485,7 +495,8 @@ async fn run_leads_then_serves_probes_metrics_and_the_evidence_api(ctx: Ctx) -> 
 
 /// `run --manage-certificates`: before serving it issues its CA and certificates; the
 /// evidence API then presents a certificate for `lotabots-operator.NAMESPACE.svc` that
-/// verifies against the CA it published in the ConfigMap for the agents.
+/// verifies against the CA it published in the ConfigMap for the agents (and, the same,
+/// in the workload namespace).
 async fn run_with_managed_certificates_serves_a_certificate_from_its_own_ca(
     ctx: Ctx,
 ) -> Result<()> {
@@ -494,13 +505,19 @@ async fn run_with_managed_certificates_serves_a_certificate_from_its_own_ca(
     let ns = ctx.namespace().await?;
     let dir = TempDir::new()?;
     let ports = lotabots_e2e::ports::free_ports(2)?;
-    let running = start_run(&ctx, run_config(&ns, &ports, true, dir.path())).await?;
+    let workloads = ctx.name("workloads");
+    lotabots_e2e::resources::ensure_namespace(&ctx.client(), &workloads).await?;
+    let mut cfg = run_config(&ns, &ports, true, dir.path());
+    cfg.workloads.service_account = format!("{workloads}/workload");
+    let running = start_run(&ctx, cfg).await?;
     let ca = Api::<ConfigMap>::namespaced(ctx.client(), &ns)
         .get("lotabots-operator-ca")
         .await?
         .data
         .and_then(|d| d.get("ca.crt").cloned())
         .context("no ca.crt published")?;
+    // The same CA for the workload pods, in their namespace.
+    published_ca(&ctx, &workloads, &ca).await?;
     let mut roots = rustls::RootCertStore::empty();
     use rustls::pki_types::pem::PemObject;
     for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
@@ -529,14 +546,38 @@ async fn run_with_managed_certificates_serves_a_certificate_from_its_own_ca(
     running.stop().await
 }
 
+/// Waits until the ConfigMap lotabots-operator-ca of `namespace` publishes `pem`.
+async fn published_ca(ctx: &Ctx, namespace: &str, pem: &str) -> Result<()> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+
+    let configmaps = Api::<ConfigMap>::namespaced(ctx.client(), namespace);
+    wait::until(
+        &format!("the CA published in {namespace}"),
+        Duration::from_secs(10),
+        || {
+            let configmaps = configmaps.clone();
+            async move {
+                let published = configmaps
+                    .get_opt("lotabots-operator-ca")
+                    .await?
+                    .and_then(|c| c.data)
+                    .and_then(|mut d| d.remove("ca.crt"));
+                Ok((published.as_deref() == Some(pem)).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
 /// The operator's own PKI on a real API server: the first round creates the CA, both
-/// serving certificates, the CA ConfigMap and the webhook `caBundle`; a second round at the
-/// same time changes nothing; 61 days later (of 90) both certificates are renewed under the
-/// same CA; a CA replaced behind its back makes it reissue and re-inject.
+/// serving certificates, the CA ConfigMap (also in a workload namespace; a missing one is
+/// a warning, not a failure) and the webhook `caBundle`; a second round at the same time
+/// changes nothing; 61 days later (of 90) both certificates are renewed under the same
+/// CA; a CA replaced behind its back makes it reissue, re-inject and republish.
 async fn the_operator_issues_rotates_and_injects_its_certificates(ctx: Ctx) -> Result<()> {
     use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-    use lotabots_operator::certs::{PkiConfig, reconcile};
+    use lotabots_operator::certs::{PkiConfig, reconcile, reconcile_round};
 
     let client = ctx.client();
     let ns = ctx.namespace().await?;
@@ -567,13 +608,32 @@ async fn the_operator_issues_rotates_and_injects_its_certificates(ctx: Ctx) -> R
     let configs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     configs.create(&PostParams::default(), &hooks).await?;
 
+    // The workload pods' namespace gets a copy; one that does not exist is reported.
+    let workloads = ctx.name("workloads");
+    lotabots_e2e::resources::ensure_namespace(&client, &workloads).await?;
+    let absent = ctx.name("absent");
     let cfg = PkiConfig {
         webhook_configuration: Some(hooks_name.clone()),
+        ca_configmap_copies: vec![workloads.clone(), absent.clone()],
         ..PkiConfig::defaults(&ns)
     };
     let t0 = jiff::Timestamp::now();
-    let first = reconcile(&client, &cfg, t0).await?;
-    ensure!(first.len() == 5, "first round: {first:?}");
+    let round = reconcile_round(&client, &cfg, t0).await?;
+    let first = round.changes;
+    ensure!(first.len() == 6, "first round: {first:?}");
+    ensure!(
+        first.contains(&format!(
+            "{workloads}/lotabots-operator-ca: CA certificate published"
+        )),
+        "first round did not publish the CA to {workloads}: {first:?}"
+    );
+    ensure!(
+        round.warnings.len() == 1
+            && round.warnings[0].contains(&format!("{absent}/lotabots-operator-ca"))
+            && round.warnings[0].contains("not found"),
+        "a missing namespace: {:?}",
+        round.warnings
+    );
     ensure!(
         reconcile(&client, &cfg, t0).await?.is_empty(),
         "a second round at the same time changed something"
@@ -588,17 +648,27 @@ async fn the_operator_issues_rotates_and_injects_its_certificates(ctx: Ctx) -> R
             .unwrap_or_default()
     };
     let ca = pem(&secrets.get("lotabots-ca").await?, "tls.crt");
-    let published = Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .get("lotabots-operator-ca")
-        .await?;
+    let published_in = |namespace: String| {
+        let client = client.clone();
+        async move {
+            let cm = Api::<ConfigMap>::namespaced(client, &namespace)
+                .get("lotabots-operator-ca")
+                .await?;
+            anyhow::Ok(
+                cm.data
+                    .and_then(|mut d| d.remove("ca.crt"))
+                    .unwrap_or_default()
+                    .into_bytes(),
+            )
+        }
+    };
     ensure!(
-        published
-            .data
-            .as_ref()
-            .and_then(|d| d.get("ca.crt"))
-            .map(String::as_bytes)
-            == Some(&ca[..]),
+        published_in(ns.clone()).await? == ca,
         "the ConfigMap does not publish the CA"
+    );
+    ensure!(
+        published_in(workloads.clone()).await? == ca,
+        "the ConfigMap in {workloads} does not publish the CA"
     );
     let injected = |c: &ValidatingWebhookConfiguration| {
         c.webhooks
@@ -637,11 +707,18 @@ async fn the_operator_issues_rotates_and_injects_its_certificates(ctx: Ctx) -> R
                 .filter(|r| r.contains("new certificate"))
                 .count()
                 == 2
-            && replaced.iter().any(|r| r.contains("caBundle injected")),
+            && replaced.iter().any(|r| r.contains("caBundle injected"))
+            && replaced
+                .iter()
+                .any(|r| r.starts_with(&format!("{workloads}/"))),
         "after the CA was deleted: {replaced:?}"
     );
     let new_ca = pem(&secrets.get("lotabots-ca").await?, "tls.crt");
     ensure!(new_ca != ca, "the CA was not replaced");
+    ensure!(
+        published_in(workloads.clone()).await? == new_ca,
+        "the new CA is not published in {workloads}"
+    );
     let current = configs.get(&hooks_name).await?;
     ensure!(
         current

@@ -185,12 +185,18 @@ fn values_schema_rejects_bad_values_naming_them() {
     );
 }
 
+/// Whether `o` is the Namespace lotabots is installed into (which Helm does not create;
+/// the workload namespace it does).
+fn is_release_namespace(o: &Value) -> bool {
+    o["kind"] == "Namespace" && o["metadata"]["name"] == NAMESPACE
+}
+
 /// `kust` (kustomize) and `helm` hold the same objects — kinds, names, RBAC rules and
-/// bindings, and every field but labels — the Namespace excepted.
+/// bindings, and every field but labels — the release Namespace excepted.
 fn assert_same_objects(kust: &[Value], helm: &[Value]) {
     let kust_keys: BTreeSet<String> = kust
         .iter()
-        .filter(|o| o["kind"] != "Namespace")
+        .filter(|o| !is_release_namespace(o))
         .map(packaging::key)
         .collect();
     let helm_keys: BTreeSet<String> = helm.iter().map(packaging::key).collect();
@@ -203,7 +209,10 @@ fn assert_same_objects(kust: &[Value], helm: &[Value]) {
             .filter(|o| o["kind"] == "Namespace")
             .map(packaging::key)
             .collect::<Vec<_>>(),
-        [format!("Namespace /{NAMESPACE}")]
+        [
+            format!("Namespace /{NAMESPACE}"),
+            "Namespace /lotabots-workloads".to_string()
+        ]
     );
     assert_eq!(
         packaging::rbac_rules(kust),
@@ -217,7 +226,7 @@ fn assert_same_objects(kust: &[Value], helm: &[Value]) {
     );
     // Everything else too, field by field (labels aside).
     let helm_by_key = packaging::by_key(helm);
-    for obj in kust.iter().filter(|o| o["kind"] != "Namespace") {
+    for obj in kust.iter().filter(|o| !is_release_namespace(o)) {
         let k = packaging::key(obj);
         let a = packaging::comparable(obj);
         let b = packaging::comparable(&helm_by_key[&k]);
@@ -240,6 +249,8 @@ fn helm_template_and_kustomize_render_the_same_objects() {
             "Role lotabots-system/lotabots-operator-certificates",
             "Role lotabots-system/lotabots-operator-keys",
             "Role lotabots-system/lotabots-operator-leader-election",
+            "Role lotabots-workloads/lotabots-agent-workloads",
+            "Role lotabots-workloads/lotabots-operator-workloads",
         ],
         "one role per component that needs one; none for the webhook"
     );

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::crd_validation::{self, LotabotsKind};
 use crate::evaluate::{Violation, evaluate_pod};
+use crate::node_binding::{self, Binding, Requester};
 use crate::policy::{Mode, Policy, Rule};
 use crate::verdict::Verdict;
 use crate::workloads::{ExtractError, PodBearingKind, extract_pod};
@@ -87,6 +88,11 @@ pub struct AdmissionRequest {
     /// Whether the request is a dry run (no side effects may be made).
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// Who asked (`username`, `extra`); kept as JSON and read only by the node-binding
+    /// rule ([`crate::node_binding`]), so that an odd shape here never stops a request
+    /// from anyone else being decoded.
+    #[serde(default)]
+    pub user_info: Option<Value>,
 }
 
 /// The status of a denied AdmissionResponse (a `metav1.Status` subset).
@@ -243,7 +249,12 @@ pub fn review_with(
     let mut verdict = decide(policy, &req);
     let is_workload = PodBearingKind::from_group_kind(group, &req.kind.kind)
         .is_some_and(|k| k != PodBearingKind::Pod);
-    if workloads == WorkloadEnforcement::Warn && is_workload {
+    // A node agent's workload is denied outright (node_binding): its pods would be created
+    // by a controller, not by the agent, and never be checked against its node.
+    let by_agent = Requester(req.user_info.as_ref())
+        .username()
+        .is_some_and(|u| policy.agent_pods.is_agent(u));
+    if workloads == WorkloadEnforcement::Warn && is_workload && !by_agent {
         soften(&mut verdict);
     }
     let response = respond(&req.uid, &verdict);
@@ -308,6 +319,13 @@ fn decide(policy: &Policy, req: &AdmissionRequest) -> Verdict {
     {
         return Verdict::default();
     }
+    let who = Requester(req.user_info.as_ref());
+    if kind != PodBearingKind::Pod
+        && let Binding::Denied(why) =
+            node_binding::check_workload(&policy.agent_pods, who, &req.kind.kind)
+    {
+        return Verdict::rejected(403, "Forbidden", why);
+    }
     let Some(obj) = &req.object else {
         return Verdict::rejected(400, "BadRequest", "request.object: missing");
     };
@@ -316,6 +334,17 @@ fn decide(policy: &Policy, req: &AdmissionRequest) -> Verdict {
         Ok(None) => return Verdict::default(),
         Err(e) => return Verdict::rejected(400, "BadRequest", extract_message(&e)),
     };
+    if kind == PodBearingKind::Pod
+        && let Binding::Denied(why) = node_binding::check_pod(
+            &policy.agent_pods,
+            who,
+            request_namespace(req, obj),
+            &new.spec,
+            new.spec_path,
+        )
+    {
+        return Verdict::rejected(403, "Forbidden", why);
+    }
     // An UPDATE that leaves the pod spec as it was (labels, finalizers, scale, status) adds
     // nothing to run. Denying it would block finalizer removal and scaling of objects that
     // predate the policy, which is how a webhook wedges a cluster.
@@ -326,16 +355,7 @@ fn decide(policy: &Policy, req: &AdmissionRequest) -> Verdict {
     {
         return Verdict::default();
     }
-    let namespace = req
-        .namespace
-        .as_deref()
-        .filter(|n| !n.is_empty())
-        .or_else(|| {
-            obj.get("metadata")
-                .and_then(|m| m.get("namespace"))
-                .and_then(Value::as_str)
-        })
-        .unwrap_or("default");
+    let namespace = request_namespace(req, obj);
     let mut violations = evaluate_pod(policy, namespace, &new.spec, new.spec_path);
     if !new.unknown_fields.is_empty() {
         let rule = Rule::UnknownFields;
@@ -370,6 +390,19 @@ fn decide(policy: &Policy, req: &AdmissionRequest) -> Verdict {
         violations,
         ..Verdict::default()
     }
+}
+
+/// The namespace of the request, else of the object, else `default`.
+fn request_namespace<'a>(req: &'a AdmissionRequest, obj: &'a Value) -> &'a str {
+    req.namespace
+        .as_deref()
+        .filter(|n| !n.is_empty())
+        .or_else(|| {
+            obj.get("metadata")
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or("default")
 }
 
 /// Turns enforced violations and rejections into warnings, saying the pods would be denied.

@@ -143,6 +143,8 @@ fn check_value(
         object: Some(doc),
         old_object: None,
         dry_run: Some(true),
+        // Manifests have no requester: the node-binding rule of agents does not apply.
+        user_info: None,
     };
     out.push(result(policy, req, at));
     Ok(())

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod crd_validation;
 pub mod evaluate;
 pub mod metrics;
+pub mod node_binding;
 pub mod paths;
 pub mod policy;
 pub mod reload;

@@ -22,6 +22,9 @@
 //!   procMount: { mode: enforce }
 //!   gpuIsolation: { mode: enforce }
 //!   unknownFields: { mode: warn }
+//! agentPods:                       # pods created by node agents (see node_binding)
+//!   serviceAccounts: [system:serviceaccount:lotabots-system:lotabots-agent]
+//!   namespace: lotabots-workloads
 //! ```
 //!
 //! A rule set left out gets its default: `enforce` (`warn` for `unknownFields`), no
@@ -193,6 +196,8 @@ struct PolicyFile {
     exemptions: ExemptionsFile,
     #[serde(default)]
     rules: RulesFile,
+    #[serde(default)]
+    agent_pods: crate::node_binding::AgentPodsFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -452,6 +457,9 @@ pub struct Policy {
     pub protected: Vec<ProtectedPath>,
     /// Capabilities a container may add (upper case, without `CAP_`).
     pub allowed_capabilities: Vec<String>,
+    /// Which requesters are node agents, and where their pods may go
+    /// ([`crate::node_binding`]).
+    pub agent_pods: crate::node_binding::AgentPods,
 }
 
 impl Default for Policy {
@@ -629,6 +637,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyErrors> {
         ));
     }
     let exemptions = compile_exemptions(file.exemptions, "exemptions", &mut errs);
+    let agent_pods = file.agent_pods.compile(&mut errs);
     let r = file.rules;
 
     // Protected paths first: the allowlist is checked against them.
@@ -785,6 +794,7 @@ fn compile(file: PolicyFile) -> Result<Policy, PolicyErrors> {
             allowed_paths,
             protected,
             allowed_capabilities,
+            agent_pods,
         })
     } else {
         Err(PolicyErrors(errs))

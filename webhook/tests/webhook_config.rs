@@ -111,3 +111,44 @@ fn default_policy_enforces_everything() {
     }
     assert!(!p.capability_allowed("SYS_ADMIN"));
 }
+
+/// The workload pods that agents launch are checked: the pods webhook receives the
+/// workload namespace, and the shipped policy binds our agent to its node there.
+#[test]
+fn agent_workload_pods_are_intercepted_and_node_bound() {
+    let ns = lotabots_crds::workload::DEFAULT_NAMESPACE;
+    let hooks = config().webhooks.unwrap();
+    let pods = hooks
+        .iter()
+        .find(|h| {
+            h.client_config
+                .service
+                .as_ref()
+                .and_then(|s| s.path.as_deref())
+                == Some(PODS_PATH)
+        })
+        .expect("the pods webhook");
+    let sel = pods.namespace_selector.as_ref().unwrap();
+    assert!(
+        sel.match_labels.is_none(),
+        "no label a namespace must carry"
+    );
+    for e in sel.match_expressions.iter().flatten() {
+        let values = e.values.clone().unwrap_or_default();
+        assert_eq!(e.key, "kubernetes.io/metadata.name");
+        assert!(
+            e.operator == "NotIn" && !values.iter().any(|v| v == ns),
+            "{ns} must reach the pods webhook: {e:?}"
+        );
+    }
+    assert!(
+        pods.object_selector.is_none(),
+        "every pod there, whatever its labels"
+    );
+    let p = Policy::from_yaml(DEFAULT_POLICY).unwrap();
+    assert_eq!(p.agent_pods.namespace, ns);
+    assert_eq!(
+        p.agent_pods.service_accounts,
+        vec!["system:serviceaccount:lotabots-system:lotabots-agent".to_string()]
+    );
+}
