@@ -14,6 +14,7 @@
 //! Network rule: everything listens on and dials only 127.0.0.0/8; service and pod IPs
 //! are loopback ranges too (see [`components`]).
 
+pub mod agent_process;
 pub mod agents;
 pub mod cli;
 pub mod components;
@@ -23,6 +24,7 @@ pub mod hygiene;
 pub mod images;
 pub mod kubeconfig;
 pub mod nodes;
+pub mod operator_process;
 pub mod overview;
 pub mod packaging;
 pub mod pki;

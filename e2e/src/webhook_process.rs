@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
+use crate::operator_process::workspace_binary;
 use crate::ports;
 use crate::process::{DEFAULT_GRACE, Process};
 
@@ -63,17 +64,7 @@ impl WebhookProcess {
     /// Writes `cert`/`key` into `dir` and starts the binary next to the running test's
     /// `deps/` directory (`cargo test` builds it), waiting until it is ready.
     pub async fn start(dir: &Path, cert: &(String, String)) -> Result<Self> {
-        let exe = std::env::current_exe()?;
-        let binary = exe
-            .parent()
-            .and_then(Path::parent)
-            .context("the test binary's directory")?
-            .join("lotabots-webhook");
-        ensure!(
-            binary.is_file(),
-            "{} is not built: cargo build -p lotabots-webhook",
-            binary.display()
-        );
+        let binary = workspace_binary("lotabots-webhook", "lotabots-webhook")?;
         std::fs::create_dir_all(dir)?;
         let p = ports::free_ports(2)?;
         let mut me = Self {

@@ -117,6 +117,7 @@ async fn start(ctx: &Ctx, limits: Limits) -> Result<Running> {
         }),
         store: Default::default(),
         models: Default::default(),
+        workloads: Default::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(lotabots_operator::run::run_with(

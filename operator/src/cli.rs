@@ -133,8 +133,10 @@ struct RunFlags {
     listen: SocketAddr,
     /// Issue and rotate the serving certificates of the evidence API and the webhook with
     /// the operator's own CA (Secret lotabots-ca), publish the CA in the ConfigMap
-    /// lotabots-operator-ca and inject it into the webhook configuration. Without it,
-    /// --tls-cert/--tls-key are read (e.g. from cert-manager).
+    /// lotabots-operator-ca (in its namespace and the workload pods') and inject it into
+    /// the webhook configuration. Without it, --tls-cert/--tls-key are read (e.g. from
+    /// cert-manager) and the ca.crt beside --tls-cert, if any, is published to the
+    /// workload namespace (none: warned once; provide that ConfigMap).
     #[arg(long, env = "LOTABOTS_MANAGE_CERTIFICATES")]
     manage_certificates: bool,
     /// PEM certificate (chain) of the evidence API.
@@ -206,6 +208,20 @@ struct RunFlags {
     /// evidence store. Unset: the current attestation-token signing key (its Secret).
     #[arg(long, env = "LOTABOTS_MODEL_STATEMENT_KEY")]
     model_statement_key: Option<PathBuf>,
+    /// The ServiceAccount of the isolated workload pods, `namespace/name`: only tokens of
+    /// its pods, bound to the pod, may post GPU self-test results. Its namespace is the
+    /// workload namespace, where the leader also publishes its CA (ConfigMap
+    /// lotabots-operator-ca) for those pods to verify the evidence API.
+    #[arg(
+        long,
+        env = "LOTABOTS_WORKLOAD_SERVICE_ACCOUNT",
+        default_value = "lotabots-workloads/lotabots-workload"
+    )]
+    workload_service_account: String,
+    /// Accept GPU self-test results of the simulated mode (tests and development only: a
+    /// simulated self-test proves nothing about a GPU).
+    #[arg(long, env = "LOTABOTS_ACCEPT_SIMULATED_WORKLOADS")]
+    accept_simulated_workloads: bool,
     #[command(flatten)]
     client_api: crate::client_api::config::ClientApiFlags,
     #[command(flatten)]
@@ -223,6 +239,17 @@ impl RunFlags {
             })?;
         let lease = Duration::from_secs(self.lease_seconds.max(3));
         let client_api = self.client_api.settings(&self.lease_namespace)?;
+        let workload_service_account =
+            match crate::run::parse_agents(std::slice::from_ref(&self.workload_service_account))
+                .ok()
+                .as_deref()
+            {
+                Some([one]) => one.clone(),
+                _ => anyhow::bail!(
+                    "--workload-service-account {:?} must be one namespace/name",
+                    self.workload_service_account
+                ),
+            };
         let models = crate::run::ModelConfig {
             settings: crate::model_inputs::ModelSettings {
                 model_root: self.model_root,
@@ -268,6 +295,10 @@ impl RunFlags {
                 ..self.store
             },
             models,
+            workloads: crate::workload_api::WorkloadSettings {
+                service_account: workload_service_account,
+                accept_simulated: self.accept_simulated_workloads,
+            },
         })
     }
 }
@@ -469,5 +500,40 @@ mod tests {
             Some(PathBuf::from("/etc/lotabots/model-key.pem"))
         );
         assert_eq!(set.models.token_secret, "keys");
+    }
+
+    #[test]
+    fn workload_flags_default_to_the_workload_namespace_and_refuse_simulated_results() {
+        let defaults = run_config(&[]);
+        assert_eq!(
+            defaults.workloads,
+            crate::workload_api::WorkloadSettings {
+                service_account: "lotabots-workloads/lotabots-workload".into(),
+                accept_simulated: false,
+            }
+        );
+        assert_eq!(
+            defaults.workloads.namespace(),
+            lotabots_crds::workload::DEFAULT_NAMESPACE
+        );
+        let set = run_config(&[
+            "--workload-service-account",
+            "gpu-tests/selftest",
+            "--accept-simulated-workloads",
+        ]);
+        assert_eq!(set.workloads.service_account, "gpu-tests/selftest");
+        assert!(set.workloads.accept_simulated);
+        for bad in ["selftest", "a/b,c/d", "/x"] {
+            let base = ["lotabots-operator", "run", "--identity", "replica-0"];
+            let args = base
+                .iter()
+                .copied()
+                .chain(["--workload-service-account", bad]);
+            let Command::Run(flags) = Cli::try_parse_from(args).unwrap().command else {
+                panic!("not run");
+            };
+            let err = flags.into_config().unwrap_err().to_string();
+            assert!(err.contains("--workload-service-account"), "{bad}: {err}");
+        }
     }
 }

@@ -21,3 +21,6 @@ pub mod status;
 mod test_api;
 pub mod tokens;
 pub mod verify_cmd;
+pub mod workload_api;
+pub mod workload_fold;
+pub mod workload_results;
