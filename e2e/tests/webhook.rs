@@ -159,29 +159,10 @@ async fn the_api_server_enforces_the_mount_policy_through_the_webhook(ctx: Ctx) 
         .context("a compliant pod")?;
 
     // Workload templates: admitted with a warning (their pods are refused when created).
-    let deployment = format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: socket-mounter, namespace: {ns}}}\n\
-         spec:\n  selector: {{matchLabels: {{app: s}}}}\n  template:\n    metadata: {{labels: {{app: s}}}}\n    \
-         spec:\n      serviceAccountName: workload
-      containers: [{{name: main, image: {img}, volumeMounts: [{{name: host, mountPath: /host}}]}}]\n      \
-         volumes: [{{name: host, hostPath: {{path: /run/containerd}}}}]\n",
-        img = pods::IMAGE
-    );
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), deployment)?;
-    let out = ctx
-        .plane()
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(file.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "the Deployment was refused: {stderr}");
+    let warning = apply_socket_deployment(&ctx, &ns).await?;
     ensure!(
-        stderr.contains("Warning:") && stderr.contains("host"),
-        "no warning for the Deployment: {stderr}"
+        warning.contains("host"),
+        "no warning for the Deployment: {warning}"
     );
 
     // The webhook's own namespace is never sent to it (so it can always start).
@@ -222,6 +203,36 @@ async fn the_api_server_enforces_the_mount_policy_through_the_webhook(ctx: Ctx) 
     }
     eprintln!("webhook: refused by the API server: {why}");
     delete_configuration(&ctx, &config_name).await
+}
+
+/// `kubectl apply` of a Deployment whose template mounts the container runtime's
+/// directory: it must be admitted, with a warning; returns kubectl's stderr.
+async fn apply_socket_deployment(ctx: &Ctx, ns: &str) -> Result<String> {
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: socket-mounter, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: s}}}}\n  template:\n    metadata: {{labels: {{app: s}}}}\n    \
+         spec:\n      serviceAccountName: {SA}\n      \
+         containers: [{{name: main, image: {img}, volumeMounts: [{{name: host, mountPath: /host}}]}}]\n      \
+         volumes: [{{name: host, hostPath: {{path: /run/containerd}}}}]\n",
+        img = pods::IMAGE
+    );
+    let file = tempfile::NamedTempFile::new()?;
+    std::fs::write(file.path(), deployment)?;
+    let out = ctx
+        .plane()
+        .kubectl()
+        .args(["apply", "-f"])
+        .arg(file.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    ensure!(out.status.success(), "the Deployment was refused: {stderr}");
+    ensure!(
+        stderr.contains("Warning:"),
+        "no warning for the Deployment: {stderr}"
+    );
+    Ok(stderr)
 }
 
 /// `lotabots-webhook serve` as a process, registered for `ns` only (scenarios share the
@@ -292,27 +303,7 @@ async fn a_bad_template_is_warned_and_the_pods_of_its_replica_set_are_refused(
     service_account(&client, &ns, SA).await?;
     until_enforced(&pods_api).await?;
 
-    let deployment = format!(
-        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: socket-mounter, namespace: {ns}}}\n\
-         spec:\n  selector: {{matchLabels: {{app: s}}}}\n  template:\n    metadata: {{labels: {{app: s}}}}\n    \
-         spec:\n      serviceAccountName: {SA}\n      \
-         containers: [{{name: main, image: {img}, volumeMounts: [{{name: host, mountPath: /host}}]}}]\n      \
-         volumes: [{{name: host, hostPath: {{path: /run/containerd}}}}]\n",
-        img = pods::IMAGE
-    );
-    let file = tempfile::NamedTempFile::new()?;
-    std::fs::write(file.path(), deployment)?;
-    let out = ctx
-        .plane()
-        .kubectl()
-        .args(["apply", "-f"])
-        .arg(file.path())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(out.status.success(), "the Deployment was refused: {stderr}");
-    ensure!(stderr.contains("Warning:"), "no warning: {stderr}");
+    apply_socket_deployment(&ctx, &ns).await?;
 
     let events = Api::<CoreEvent>::namespaced(client.clone(), &ns);
     let failed = wait::until(
