@@ -2,15 +2,13 @@
 //!
 //! Over HTTPS only, trusting the CA the operator's certificate is issued by (mounted from
 //! a ConfigMap or Secret); authenticated with the pod's projected ServiceAccount token,
-//! read again for every request because the kubelet rotates it.
+//! read again for every request because the kubelet rotates it (the shared
+//! `lotabots-operator-client`, which the workload pods post their results with too).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use lotabots_crds::evidence::{NONCE_LEN, NodeEvidence, parse_nonce};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use lotabots_operator_client::{Client, ConfigError, SendError};
 use serde::Deserialize;
 
 /// Why talking to the operator failed.
@@ -62,65 +60,17 @@ struct ApiError {
 }
 
 /// A client of one operator.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct OperatorClient {
-    base: String,
-    http: reqwest::Client,
-    token_file: PathBuf,
-}
-
-impl std::fmt::Debug for OperatorClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The token is never held in memory between requests, so there is nothing secret
-        // to leave out; the path is enough to debug a misconfiguration.
-        f.debug_struct("OperatorClient")
-            .field("base", &self.base)
-            .field("token_file", &self.token_file)
-            .finish()
-    }
+    inner: Client,
 }
 
 impl OperatorClient {
     /// A client of the operator at `base_url` (`https://…`), trusting the CA certificates
     /// in `ca_pem`, authenticating with the token in `token_file`.
     pub fn new(base_url: &str, ca_pem: &[u8], token_file: PathBuf) -> Result<Self, ClientError> {
-        let base = base_url.trim_end_matches('/').to_owned();
-        if !base.starts_with("https://") {
-            return Err(ClientError::Config(format!(
-                "operator URL {base:?} must be https://"
-            )));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            let cert = cert.map_err(|e| ClientError::Config(format!("operator CA bundle: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| ClientError::Config(format!("operator CA bundle: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(ClientError::Config(
-                "operator CA bundle holds no certificate".into(),
-            ));
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| ClientError::Config(format!("HTTP client: {e}")))?;
-        Ok(Self {
-            base,
-            http,
-            token_file,
-        })
+        let inner = Client::new(base_url, ca_pem, token_file)?;
+        Ok(Self { inner })
     }
 
     /// Asks for a fresh nonce bound to this node.
@@ -137,47 +87,43 @@ impl OperatorClient {
         self.post("/v1/evidence/gpu", body).await
     }
 
+    /// One attempt (the attestation loop decides when to try again); a refusal carries
+    /// the operator's error label.
     async fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: Vec<u8>,
     ) -> Result<T, ClientError> {
-        let token = std::fs::read_to_string(&self.token_file).map_err(|e| {
-            ClientError::Config(format!("token file {}: {e}", self.token_file.display()))
-        })?;
-        let url = format!("{}{path}", self.base);
-        let transport = |e: reqwest::Error| ClientError::Transport {
-            url: url.clone(),
-            message: e.to_string(),
-        };
-        let resp = self
-            .http
-            .post(&url)
-            .bearer_auth(token.trim())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| ClientError::Transport {
-                url: url.clone(),
+        let answer = self.inner.send(path, body).await?;
+        if answer.status.is_success() {
+            return serde_json::from_str(&answer.body).map_err(|e| ClientError::Transport {
+                url: format!("{}{path}", self.inner.base()),
                 message: format!("unexpected answer: {e}"),
             });
         }
-        let (code, message) = match serde_json::from_slice::<ApiError>(&bytes) {
+        let (code, message) = match serde_json::from_str::<ApiError>(&answer.body) {
             Ok(e) => (e.error, e.message),
-            Err(_) => (
-                "unknown".into(),
-                String::from_utf8_lossy(&bytes).chars().take(200).collect(),
-            ),
+            Err(_) => ("unknown".into(), answer.body.chars().take(200).collect()),
         };
         Err(ClientError::Refused {
-            status: status.as_u16(),
+            status: answer.status.as_u16(),
             code,
             message,
         })
+    }
+}
+
+impl From<ConfigError> for ClientError {
+    fn from(e: ConfigError) -> Self {
+        ClientError::Config(e.0)
+    }
+}
+
+impl From<SendError> for ClientError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Config(e) => e.into(),
+            SendError::Transport { url, message } => ClientError::Transport { url, message },
+        }
     }
 }

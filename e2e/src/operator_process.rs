@@ -211,22 +211,7 @@ impl OperatorProcess {
             .process
             .insert(Process::spawn("lotabots-operator", cmd, &log)?);
         let ready = format!("http://127.0.0.1:{}/readyz", self.probe_port);
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
-        loop {
-            p.check_running()?;
-            if let Ok(r) = http.get(&ready).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "lotabots-operator was not ready within {READY_TIMEOUT:?}; log: {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        p.wait_ready(&ready, READY_TIMEOUT).await
     }
 }
 

@@ -134,6 +134,30 @@ impl Process {
         Ok(())
     }
 
+    /// Waits until `ready_url` (the component's `/readyz`) answers 2xx, checking all along
+    /// that the process still runs, so that a crash at start shows with its log rather
+    /// than as a timeout.
+    pub async fn wait_ready(&mut self, ready_url: &str, timeout: Duration) -> Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if let Ok(r) = http.get(ready_url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{} was not ready within {timeout:?}; log: {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the component: SIGTERM to its process group, up to `grace` to exit, then
     /// SIGKILL. Peak memory and listening ports are read first, while /proc still has them.
     pub fn stop(&mut self, grace: Duration) -> Stopped {

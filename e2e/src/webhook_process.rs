@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 
 use crate::operator_process::workspace_binary;
@@ -159,22 +159,7 @@ impl WebhookProcess {
             &self.dir.join("webhook.log"),
         )?);
         let ready = format!("http://127.0.0.1:{}/readyz", self.ops_port);
-        let http = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            p.check_running()?;
-            if let Ok(r) = http.get(&ready).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            ensure!(
-                tokio::time::Instant::now() < deadline,
-                "lotabots-webhook was not ready within 30 s; log: {}",
-                self.dir.join("webhook.log").display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        p.wait_ready(&ready, Duration::from_secs(30)).await
     }
 }
 

@@ -10,7 +10,9 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
+use k8s_openapi::api::authentication::v1::{
+    TokenReview, TokenReviewSpec, TokenReviewStatus, UserInfo,
+};
 use kube::api::{Api, PostParams};
 
 /// The audience agent tokens are requested for.
@@ -117,8 +119,42 @@ pub fn identity_from_review(
     agents: &[String],
 ) -> Result<AgentIdentity, AuthError> {
     let status = status.ok_or_else(|| AuthError::Rejected("the review has no status".into()))?;
+    let user = reviewed_user(status)?;
+    let username = user.username.clone().unwrap_or_default();
+    let service_account = service_account_of(&username)
+        .map(|(ns, name)| format!("{ns}/{name}"))
+        .filter(|sa| agents.iter().any(|a| a == sa))
+        .ok_or(AuthError::NotAnAgent(username))?;
+    let node = bound_extra(user, NODE_NAME_EXTRA).ok_or(AuthError::NotNodeBound)?;
+    Ok(AgentIdentity {
+        node,
+        service_account,
+    })
+}
+
+/// Why a TokenReview does not vouch for a token of [`AUDIENCE`]; each API maps it to its
+/// own error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReviewRefusal {
+    /// Not authenticated (the API server's reason), or no user named.
+    Rejected(String),
+    /// Authenticated, for these audiences only.
+    WrongAudience(Vec<String>),
+}
+
+impl From<ReviewRefusal> for AuthError {
+    fn from(r: ReviewRefusal) -> Self {
+        match r {
+            ReviewRefusal::Rejected(why) => AuthError::Rejected(why),
+            ReviewRefusal::WrongAudience(a) => AuthError::WrongAudience(a),
+        }
+    }
+}
+
+/// The user a TokenReview's status vouches for: authenticated, and for [`AUDIENCE`].
+pub fn reviewed_user(status: &TokenReviewStatus) -> Result<&UserInfo, ReviewRefusal> {
     if status.authenticated != Some(true) {
-        return Err(AuthError::Rejected(
+        return Err(ReviewRefusal::Rejected(
             status
                 .error
                 .clone()
@@ -128,39 +164,37 @@ pub fn identity_from_review(
     // The API server leaves out audiences it did not check, and lists the ones it did.
     let audiences = status.audiences.clone().unwrap_or_default();
     if !audiences.iter().any(|a| a == AUDIENCE) {
-        return Err(AuthError::WrongAudience(audiences));
+        return Err(ReviewRefusal::WrongAudience(audiences));
     }
-    let user = status
+    status
         .user
         .as_ref()
-        .ok_or_else(|| AuthError::Rejected("the review names no user".into()))?;
-    let username = user.username.clone().unwrap_or_default();
-    let service_account = username
+        .ok_or_else(|| ReviewRefusal::Rejected("the review names no user".into()))
+}
+
+/// `(namespace, name)` of a ServiceAccount's username (`system:serviceaccount:NS:NAME`);
+/// `None` for any other user.
+pub fn service_account_of(username: &str) -> Option<(&str, &str)> {
+    username
         .strip_prefix("system:serviceaccount:")
         .and_then(|rest| rest.split_once(':'))
-        .map(|(ns, name)| format!("{ns}/{name}"))
-        .filter(|sa| agents.iter().any(|a| a == sa))
-        .ok_or(AuthError::NotAnAgent(username))?;
-    let node = user
-        .extra
+}
+
+/// The one non-empty value of `key` in the user's `extra`, where the API server names
+/// what a bound token is bound to (node, pod); `None` when absent, empty or ambiguous.
+pub fn bound_extra(user: &UserInfo, key: &str) -> Option<String> {
+    user.extra
         .as_ref()
-        .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+        .and_then(|extra| extra.get(key))
         .and_then(|values| match values.as_slice() {
             [one] if !one.is_empty() => Some(one.clone()),
             _ => None,
         })
-        .ok_or(AuthError::NotNodeBound)?;
-    Ok(AgentIdentity {
-        node,
-        service_account,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-
-    use k8s_openapi::api::authentication::v1::UserInfo;
 
     use super::*;
 

@@ -45,7 +45,9 @@ use lotabots_crds::workload::{
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Serialize;
 
-use crate::auth::{AUDIENCE, NODE_NAME_EXTRA};
+use crate::auth::{
+    AUDIENCE, NODE_NAME_EXTRA, ReviewRefusal, bound_extra, reviewed_user, service_account_of,
+};
 use crate::client_api::problem::{PROBLEM_JSON, Problem};
 use crate::evidence_api::LatestEvidence;
 use crate::workload_results::{AcceptedResult, AttestationRef, WorkloadResults};
@@ -350,41 +352,18 @@ pub fn pod_identity_from_review(
     status: &TokenReviewStatus,
     service_account: &str,
 ) -> Result<PodIdentity, WorkloadError> {
-    if status.authenticated != Some(true) {
-        return Err(WorkloadError::TokenRejected(
-            status
-                .error
-                .clone()
-                .unwrap_or_else(|| "not authenticated".into()),
-        ));
-    }
-    let audiences = status.audiences.clone().unwrap_or_default();
-    if !audiences.iter().any(|a| a == AUDIENCE) {
-        return Err(WorkloadError::WrongAudience(audiences));
-    }
-    let user = status
-        .user
-        .as_ref()
-        .ok_or_else(|| WorkloadError::TokenRejected("the review names no user".into()))?;
+    let user = reviewed_user(status).map_err(|r| match r {
+        ReviewRefusal::Rejected(why) => WorkloadError::TokenRejected(why),
+        ReviewRefusal::WrongAudience(a) => WorkloadError::WrongAudience(a),
+    })?;
     let username = user.username.clone().unwrap_or_default();
-    let (namespace, _) = username
-        .strip_prefix("system:serviceaccount:")
-        .and_then(|rest| rest.split_once(':'))
+    let (namespace, _) = service_account_of(&username)
         .filter(|(ns, name)| format!("{ns}/{name}") == service_account)
         .ok_or_else(|| WorkloadError::NotWorkloadAccount {
             user: username.clone(),
             expected: service_account.to_owned(),
         })?;
-    let extra = |key: &'static str| {
-        user.extra
-            .as_ref()
-            .and_then(|extra| extra.get(key))
-            .and_then(|values| match values.as_slice() {
-                [one] if !one.is_empty() => Some(one.clone()),
-                _ => None,
-            })
-            .ok_or(WorkloadError::NotPodBound(key))
-    };
+    let extra = |key: &'static str| bound_extra(user, key).ok_or(WorkloadError::NotPodBound(key));
     Ok(PodIdentity {
         namespace: namespace.to_owned(),
         pod: extra(POD_NAME_EXTRA)?,

@@ -6,15 +6,10 @@
 //! projected token (read when posting: the kubelet rotates it).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use jiff::Timestamp;
-use lotabots_crds::workload::{
-    ProbeReport, RESULT_PATH, RESULT_SCHEMA_VERSION, WorkloadKind, WorkloadResult,
-};
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
+use lotabots_crds::workload::{ProbeReport, RESULT_SCHEMA_VERSION, WorkloadKind, WorkloadResult};
+use lotabots_operator_client::{self as shared, Client, Retry};
 
 /// What the launcher bound the pod to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -63,7 +58,7 @@ pub enum PostError {
     /// Bad configuration: URL, CA bundle, token file.
     #[error("{0}")]
     Config(String),
-    /// No answer.
+    /// No answer, or a server error.
     #[error("posting to {url} failed: {message}")]
     Transport {
         /// Where to.
@@ -81,63 +76,23 @@ pub enum PostError {
     },
 }
 
-/// Posts results to one operator.
+/// Posts results to one operator, through the shared operator client
+/// (`lotabots-operator-client`), in a single attempt.
+#[derive(Debug)]
 pub struct Poster {
+    client: Client,
     url: String,
-    http: reqwest::Client,
-    token_file: PathBuf,
-}
-
-impl std::fmt::Debug for Poster {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The token is read per request and never held, so there is no secret to hide.
-        f.debug_struct("Poster")
-            .field("url", &self.url)
-            .field("token_file", &self.token_file)
-            .finish()
-    }
 }
 
 impl Poster {
-    /// A poster to `operator_url` (`https://…`) + [`RESULT_PATH`], trusting the CA
+    /// A poster to `operator_url` (`https://…`) + `RESULT_PATH`, trusting the CA
     /// certificates in `ca_pem`, authenticating with the token in `token_file`.
     pub fn new(operator_url: &str, ca_pem: &[u8], token_file: PathBuf) -> Result<Self, PostError> {
-        let base = operator_url.trim_end_matches('/');
-        if !base.starts_with("https://") {
-            return Err(PostError::Config(format!(
-                "operator URL {base:?} must be https://"
-            )));
-        }
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            let cert = cert.map_err(|e| PostError::Config(format!("operator CA bundle: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| PostError::Config(format!("operator CA bundle: {e}")))?;
-        }
-        if roots.is_empty() {
-            return Err(PostError::Config(
-                "operator CA bundle holds no certificate".into(),
-            ));
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| PostError::Config(format!("TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .https_only(true)
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| PostError::Config(format!("HTTP client: {e}")))?;
+        let client =
+            Client::new(operator_url, ca_pem, token_file).map_err(|e| PostError::Config(e.0))?;
         Ok(Self {
-            url: format!("{base}{RESULT_PATH}"),
-            http,
-            token_file,
+            url: client.result_url(),
+            client,
         })
     }
 
@@ -148,40 +103,20 @@ impl Poster {
 
     /// Posts `result`; any 2xx answer is success.
     pub async fn post(&self, result: &WorkloadResult) -> Result<(), PostError> {
-        let token = std::fs::read_to_string(&self.token_file).map_err(|e| {
-            PostError::Config(format!("token file {}: {e}", self.token_file.display()))
-        })?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(PostError::Config(format!(
-                "token file {} is empty",
-                self.token_file.display()
-            )));
+        match self.client.post_result(result, Retry::once()).await {
+            Ok(_) => Ok(()),
+            Err(shared::PostError::Config(m)) => Err(PostError::Config(m)),
+            Err(shared::PostError::Refused { status, body, .. }) => Err(PostError::Refused {
+                status,
+                body: body.chars().take(300).collect(),
+            }),
+            // One attempt: no answer, or a server error (5xx, 408, 429) the operator
+            // may not give again.
+            Err(shared::PostError::Exhausted { url, last, .. }) => Err(PostError::Transport {
+                url,
+                message: last.chars().take(300).collect(),
+            }),
         }
-        let body =
-            serde_json::to_vec(result).map_err(|e| PostError::Config(format!("result: {e}")))?;
-        let transport = |e: reqwest::Error| PostError::Transport {
-            url: self.url.clone(),
-            message: e.to_string(),
-        };
-        let resp = self
-            .http
-            .post(&self.url)
-            .bearer_auth(token)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let bytes = resp.bytes().await.map_err(transport)?;
-        Err(PostError::Refused {
-            status: status.as_u16(),
-            body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-        })
     }
 }
 
