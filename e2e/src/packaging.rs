@@ -210,6 +210,42 @@ pub struct Output {
     pub stderr: String,
 }
 
+/// `kubectl ARGS` with `plane`'s admin kubeconfig, `input` on stdin.
+pub async fn kubectl(
+    plane: &crate::ControlPlane,
+    args: &[&str],
+    input: Option<&str>,
+) -> Result<Output> {
+    use std::process::Stdio;
+    use tokio::io::AsyncWriteExt;
+
+    let mut child = plane
+        .kubectl()
+        .args(args)
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting kubectl")?;
+    if let Some(text) = input {
+        let mut stdin = child.stdin.take().context("kubectl stdin")?;
+        stdin.write_all(text.as_bytes()).await?;
+        drop(stdin);
+    }
+    let out = child.wait_with_output().await?;
+    Ok(Output {
+        shown: format!("kubectl {}", args.join(" ")),
+        success: out.status.success(),
+        status: out.status.to_string(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 impl Output {
     /// Stdout, or an error with stderr when the command failed.
     pub fn ok(self) -> Result<String> {

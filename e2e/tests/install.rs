@@ -20,7 +20,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::{ExitCode, Stdio},
+    process::ExitCode,
     time::Duration,
 };
 
@@ -33,7 +33,7 @@ use lotabots_e2e::{
     wait,
 };
 use serde_json::Value;
-use tokio::{io::AsyncWriteExt, sync::OnceCell};
+use tokio::sync::OnceCell;
 
 fn main() -> ExitCode {
     lotabots_e2e::suite::main(
@@ -60,36 +60,6 @@ metadata:
 handler: nvidia
 "#;
 
-/// `kubectl ARGS` with the admin kubeconfig, `input` on stdin.
-async fn kubectl(ctx: &Ctx, args: &[&str], input: Option<&str>) -> Result<Output> {
-    let mut child = ctx
-        .plane()
-        .kubectl()
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting kubectl")?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().context("kubectl stdin")?;
-        stdin.write_all(text.as_bytes()).await?;
-        drop(stdin);
-    }
-    let out = child.wait_with_output().await?;
-    Ok(Output {
-        shown: format!("kubectl {}", args.join(" ")),
-        success: out.status.success(),
-        status: out.status.to_string(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
-
 /// Fails if kubectl printed a Pod Security warning (the namespace warns at `restricted`).
 fn no_pod_security_warning(out: &Output) -> Result<()> {
     ensure!(
@@ -111,11 +81,11 @@ async fn installed(ctx: &Ctx) -> Result<()> {
 }
 
 async fn install(ctx: &Ctx) -> Result<()> {
-    kubectl(ctx, &["apply", "-f", "-"], Some(RUNTIME_CLASS))
+    packaging::kubectl(ctx.plane(), &["apply", "-f", "-"], Some(RUNTIME_CLASS))
         .await?
         .ok()?;
     let overlay = packaging::e2e_overlay().display().to_string();
-    let out = kubectl(ctx, &["apply", "-k", &overlay], None).await?;
+    let out = packaging::kubectl(ctx.plane(), &["apply", "-k", &overlay], None).await?;
     no_pod_security_warning(&out)?;
     out.ok()?;
     Ok(())
@@ -146,7 +116,7 @@ async fn config_default_and_the_chart_pass_server_side_dry_run(ctx: Ctx) -> Resu
             packaging::documents(&chart)?.len(),
         ),
     ] {
-        let out = kubectl(&ctx, &args, input).await?;
+        let out = packaging::kubectl(ctx.plane(), &args, input).await?;
         no_pod_security_warning(&out)?;
         let stdout = out.clone().ok().with_context(|| what.to_string())?;
         let lines = stdout
@@ -186,9 +156,13 @@ async fn the_e2e_overlay_installs_and_its_pods_are_admitted(ctx: Ctx) -> Result<
         .map(packaging::key)
         .collect();
     ensure!(expected.len() >= 20, "the overlay renders {expected:?}");
-    let got = kubectl(&ctx, &["get", "-f", "-", "-o", "json"], Some(&rendered))
-        .await?
-        .ok()?;
+    let got = packaging::kubectl(
+        ctx.plane(),
+        &["get", "-f", "-", "-o", "json"],
+        Some(&rendered),
+    )
+    .await?
+    .ok()?;
     let got: Value = serde_json::from_str(&got)?;
     let existing: BTreeSet<String> = got["items"]
         .as_array()
@@ -326,7 +300,7 @@ async fn the_e2e_overlay_installs_and_its_pods_are_admitted(ctx: Ctx) -> Result<
         r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"probe","namespace":"{ns}"}},
         "spec":{{"containers":[{{"name":"c","image":"registry.invalid/none:1"}}]}}}}"#
     );
-    let out = kubectl(&ctx, &["create", "-f", "-"], Some(&pod)).await?;
+    let out = packaging::kubectl(ctx.plane(), &["create", "-f", "-"], Some(&pod)).await?;
     ensure!(
         !out.success
             && out
@@ -416,7 +390,7 @@ async fn can(ctx: &Ctx, sa: &str, verb: &str, resource: &str, args: &[&str]) -> 
     };
     let mut all = vec!["auth", "can-i", verb, resource, user.as_str()];
     all.extend_from_slice(args);
-    let out = kubectl(ctx, &all, None).await?;
+    let out = packaging::kubectl(ctx.plane(), &all, None).await?;
     match out.stdout.trim() {
         "yes" => Ok(true),
         "no" => Ok(false),

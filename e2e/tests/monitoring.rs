@@ -9,7 +9,7 @@
 //! - the CRDs' schemas are really applied: a ServiceMonitor with an invalid interval and a
 //!   PrometheusRule with an invalid `for` are refused, naming the field.
 
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
 use lotabots_e2e::{
@@ -19,7 +19,6 @@ use lotabots_e2e::{
     suite::Ctx,
 };
 use serde_json::Value;
-use tokio::io::AsyncWriteExt;
 
 fn main() -> ExitCode {
     lotabots_e2e::suite::main(
@@ -32,36 +31,6 @@ fn main() -> ExitCode {
 }
 
 const MONITORING_KINDS: &[&str] = &["ServiceMonitor", "PrometheusRule"];
-
-/// `kubectl ARGS` with the admin kubeconfig, `input` on stdin.
-async fn kubectl(ctx: &Ctx, args: &[&str], input: Option<&str>) -> Result<Output> {
-    let mut child = ctx
-        .plane()
-        .kubectl()
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting kubectl")?;
-    if let Some(text) = input {
-        let mut stdin = child.stdin.take().context("kubectl stdin")?;
-        stdin.write_all(text.as_bytes()).await?;
-        drop(stdin);
-    }
-    let out = child.wait_with_output().await?;
-    Ok(Output {
-        shown: format!("kubectl {}", args.join(" ")),
-        success: out.status.success(),
-        status: out.status.to_string(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
-}
 
 /// What the monitoring overlay or option adds: the ServiceMonitor, the PrometheusRule and
 /// the agents' metrics Service, as one YAML stream.
@@ -86,7 +55,12 @@ fn monitoring_objects(rendered: &str) -> Result<(String, usize)> {
 }
 
 async fn dry_run(ctx: &Ctx, yaml: &str) -> Result<Output> {
-    kubectl(ctx, &["apply", "--dry-run=server", "-f", "-"], Some(yaml)).await
+    packaging::kubectl(
+        ctx.plane(),
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(yaml),
+    )
+    .await
 }
 
 async fn the_monitoring_objects_need_and_pass_the_prometheus_operator_crds(ctx: Ctx) -> Result<()> {
@@ -94,7 +68,7 @@ async fn the_monitoring_objects_need_and_pass_the_prometheus_operator_crds(ctx: 
     let chart = packaging::helm_template(packaging::HELM_PROMETHEUS)?.ok()?;
     let (from_kustomize, n) = monitoring_objects(&overlay)?;
     let (from_helm, _) = monitoring_objects(&chart)?;
-    kubectl(&ctx, &["create", "namespace", NAMESPACE], None)
+    packaging::kubectl(ctx.plane(), &["create", "namespace", NAMESPACE], None)
         .await?
         .ok()?;
 
@@ -106,16 +80,16 @@ async fn the_monitoring_objects_need_and_pass_the_prometheus_operator_crds(ctx: 
     );
 
     for crd in packaging::prometheus_operator_crds() {
-        kubectl(
-            &ctx,
+        packaging::kubectl(
+            ctx.plane(),
             &["apply", "--server-side", "-f", &crd.display().to_string()],
             None,
         )
         .await?
         .ok()?;
     }
-    kubectl(
-        &ctx,
+    packaging::kubectl(
+        ctx.plane(),
         &[
             "wait",
             "--for=condition=Established",
