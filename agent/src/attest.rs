@@ -130,6 +130,7 @@ pub fn self_test_requests<'a>(
                 },
                 deadline_seconds: deadline,
                 resources: GpuResources::default(),
+                scratch_bytes: None,
                 params: BTreeMap::new(),
             })
         })

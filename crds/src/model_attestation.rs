@@ -403,6 +403,89 @@ pub struct ModelAttestationStatus {
     /// When the verdict was reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<Time>,
+
+    /// The behavioural check's current request and, once its pod posted, its result.
+    /// Set only with `spec.behaviour`, once every other stage passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behaviour: Option<BehaviourStatus>,
+}
+
+/// Longest list of probe outcomes kept in the status (the signed statement keeps all).
+pub const MAX_STATUS_PROBES: usize = 64;
+
+/// One behavioural check: the operator picks an attested node and writes this request;
+/// that node's agent launches the probe pod; the pod fetches the model and the suite
+/// from the operator, checks them against `manifestDigest` and `suiteDigest`, runs the
+/// probes and posts the result, which the operator copies into `result`.
+///
+/// A request is for one manifest, one suite and one node attestation (`nonce`,
+/// `evidenceDigest`): when any of them changes a new request replaces it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BehaviourStatus {
+    /// The workload request id (32 lowercase hex digits): the probe pod's name is
+    /// `behaviour-probes-<requestId>` and its result echoes it.
+    #[schemars(length(max = 64))]
+    pub request_id: String,
+    /// The node the probes run on.
+    #[schemars(length(max = 253))]
+    pub node: String,
+    /// Hex nonce of the node's accepted evidence the probes are bound to.
+    #[schemars(length(max = 128))]
+    pub nonce: String,
+    /// Digest of that evidence (`sha256:…`): the node attestation the probes ran on.
+    #[schemars(length(max = 80))]
+    pub evidence_digest: String,
+    /// The manifest digest the pod must find before it loads the model.
+    #[schemars(length(max = 80))]
+    pub manifest_digest: String,
+    /// `sha256:…` of the probe suite (the ConfigMap value's bytes).
+    #[schemars(length(max = 80))]
+    pub suite_digest: String,
+    /// Total bytes of the files the pod fetches (sizes its scratch volume).
+    pub model_bytes: u64,
+    /// When the request was made; it times out `spec.behaviour.timeout` later.
+    pub requested_at: Time,
+    /// The probe pod's result, once accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<BehaviourResult>,
+}
+
+/// What the probe pod reported, as the operator accepted it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BehaviourResult {
+    /// Whether every probe held.
+    pub passed: bool,
+    /// `cpu` or `cuda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub device: Option<String>,
+    /// Why the probes could not run (the model was refused, the suite is malformed, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub error: Option<String>,
+    /// One entry per probe, in suite order (at most 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
+    pub probes: Vec<ProbeStatus>,
+    /// When the pod finished.
+    pub finished_at: Time,
+}
+
+/// One probe's outcome in the status.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProbeStatus {
+    /// The probe's name.
+    #[schemars(length(max = 128))]
+    pub name: String,
+    /// Whether its property held.
+    pub passed: bool,
+    /// What was observed, in words.
+    #[schemars(length(max = 256))]
+    pub detail: String,
 }
 
 fn default_formats() -> Vec<ModelFormat> {

@@ -25,8 +25,43 @@ pub const SERVICE_ACCOUNT: &str = "lotabots-workload";
 /// Audience of the projected token a workload pod posts its result with.
 pub const TOKEN_AUDIENCE: &str = "lotabots";
 
+/// Where a workload pod's scratch volume is mounted ([`WorkloadRequest::scratch_bytes`]).
+pub const SCRATCH_DIR: &str = "/work";
+
 /// The operator's endpoint a pod posts its [`WorkloadResult`] to.
 pub const RESULT_PATH: &str = "/v1/workload-results";
+
+/// Where a behavioural-probe pod fetches what it checks, on the operator's API (the same
+/// listener and pod-bound token as [`RESULT_PATH`]); `{id}` is the request id:
+///
+/// - `GET {MODEL_PATH}/{id}/suite`: the probe suite's bytes (`application/yaml`);
+/// - `GET {MODEL_PATH}/{id}/files`: the model's files, a [`ModelFiles`] (JSON);
+/// - `GET {MODEL_PATH}/{id}/files/{path}`: one file's bytes (`application/octet-stream`),
+///   `path` as listed, each segment percent-encoded.
+///
+/// The pod trusts none of it: it loads the model only when the files hash to the
+/// attested manifest digest and runs the suite only when it hashes to the suite digest.
+pub const MODEL_PATH: &str = "/v1/workload-models";
+
+/// The files of the model a probe pod is to check, as the operator lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelFiles {
+    /// The manifest digest the files must hash to.
+    pub manifest_digest: String,
+    /// Every file, relative to the model's root, `/`-separated.
+    pub files: Vec<ModelFile>,
+}
+
+/// One file of [`ModelFiles`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelFile {
+    /// Path relative to the model's root (no `..`, not absolute).
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+}
 
 /// Environment variables the launcher sets in every workload container (the contract
 /// between the launcher and the workload binaries).
@@ -117,6 +152,10 @@ pub struct WorkloadRequest {
     /// GPU resources.
     #[serde(default)]
     pub resources: GpuResources,
+    /// Bytes of writable scratch space the pod needs (an `emptyDir` at [`SCRATCH_DIR`]);
+    /// probe pods fetch the model into it. Unset: none beyond the bounded `/tmp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scratch_bytes: Option<u64>,
     /// Workload-specific parameters, passed to the container as JSON in
     /// [`env::PARAMS`] (e.g. `memoryShare` for the self-test, the manifest digest and
     /// suite for probes).

@@ -22,6 +22,7 @@ fn request() -> WorkloadRequest {
         },
         deadline_seconds: 300,
         resources: GpuResources::default(),
+        scratch_bytes: None,
         params: BTreeMap::from([("memoryShare".into(), "0.5".into())]),
     }
 }
