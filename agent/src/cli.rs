@@ -39,10 +39,12 @@ pub struct BackendArgs {
     node_name: Option<String>,
 }
 
-/// How `run` launches the isolated workload pods (GPU self-tests) on its node.
+/// How `run` launches the isolated workload pods (GPU self-tests, behavioural probes) on
+/// its node.
 #[derive(Debug, clap::Args)]
 pub struct WorkloadArgs {
-    /// Launch no workload pods, even for GpuAttestations with a workloadCheck.
+    /// Launch no workload pods, even for GpuAttestations with a workloadCheck or
+    /// ModelAttestations with a behavioural check.
     #[arg(long, env = "LOTABOTS_NO_WORKLOADS")]
     no_workloads: bool,
     /// Namespace the workload pods are created in (Pod Security `restricted`, deny-all
@@ -71,6 +73,15 @@ pub struct WorkloadArgs {
     /// How long a failed workload pod is kept (for its logs) before it is deleted, e.g. `10m`.
     #[arg(long, env = "LOTABOTS_WORKLOAD_TTL", default_value = "10m", value_parser = duration_arg)]
     workload_ttl: Duration,
+    /// CPU each workload container requests (`1`, `500m`); no CPU limit is set.
+    #[arg(long, env = "LOTABOTS_WORKLOAD_CPU", default_value = crate::launcher::spec::DEFAULT_CPU_REQUEST,
+          value_parser = cpu_arg)]
+    workload_cpu: String,
+    /// Memory limit of each workload container (`16Gi`), also its request: enough to load
+    /// the largest model a behavioural check runs on the host side.
+    #[arg(long, env = "LOTABOTS_WORKLOAD_MEMORY", default_value = crate::launcher::spec::DEFAULT_MEMORY_LIMIT,
+          value_parser = memory_arg)]
+    workload_memory: String,
 }
 
 impl WorkloadArgs {
@@ -91,6 +102,8 @@ impl WorkloadArgs {
             .filter(|r| !r.is_empty());
         pod.operator_ca_configmap
             .clone_from(&self.operator_ca_configmap);
+        pod.cpu_request.clone_from(&self.workload_cpu);
+        pod.memory_limit.clone_from(&self.workload_memory);
         let mut cfg = crate::launcher::LauncherConfig::new(pod);
         cfg.max_pods = usize::from(self.max_workload_pods);
         cfg.finished_ttl = self.workload_ttl;
@@ -124,7 +137,9 @@ enum Command {
         interval: Duration,
     },
     /// Run as the node agent (DaemonSet): attest this node to the operator whenever a
-    /// GpuAttestation selects it, and serve `/metrics`, `/healthz`, `/readyz`.
+    /// GpuAttestation selects it, launch the workload pods asked of this node (GPU
+    /// self-tests, ModelAttestations' behavioural probes), and serve `/metrics`,
+    /// `/healthz`, `/readyz`.
     Run {
         #[command(flatten)]
         backend: BackendArgs,
@@ -152,7 +167,7 @@ enum Command {
         )]
         token_file: PathBuf,
         #[command(flatten)]
-        workloads: WorkloadArgs,
+        workloads: Box<WorkloadArgs>,
     },
     /// List the built-in simulated profiles.
     Profiles,
@@ -169,6 +184,22 @@ enum Format {
 
 fn nonce_arg(s: &str) -> Result<[u8; NONCE_LEN], String> {
     parse_nonce(s).map_err(|e| e.to_string())
+}
+
+fn cpu_arg(s: &str) -> Result<String, String> {
+    if crate::launcher::spec::is_cpu_quantity(s) {
+        Ok(s.to_owned())
+    } else {
+        Err("not a CPU quantity like 1, 0.5 or 500m".into())
+    }
+}
+
+fn memory_arg(s: &str) -> Result<String, String> {
+    match lotabots_crds::model_attestation::quantity_to_bytes(s) {
+        Some(b) if b >= 1 << 20 => Ok(s.to_owned()),
+        Some(_) => Err("at least 1Mi".into()),
+        None => Err("not a quantity of bytes like 16Gi".into()),
+    }
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -372,6 +403,8 @@ mod tests {
             "defaults to --operator-url"
         );
         assert_eq!(cfg.pod.operator_ca_configmap, "lotabots-operator-ca");
+        assert_eq!(cfg.pod.cpu_request, "1", "default");
+        assert_eq!(cfg.pod.memory_limit, "16Gi", "default");
         assert!(
             Cli::try_parse_from([
                 "lotabots-agent",
@@ -383,6 +416,38 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn workload_resources_are_flags_and_checked() {
+        let parse = |cpu: &str, memory: &str| {
+            Cli::try_parse_from([
+                "lotabots-agent",
+                "run",
+                "--operator-url",
+                "u",
+                "--workload-cpu",
+                cpu,
+                "--workload-memory",
+                memory,
+            ])
+        };
+        let Command::Run { workloads, .. } = parse("500m", "64Gi").unwrap().command else {
+            panic!("run")
+        };
+        let cfg = workloads.launcher_config("u").unwrap();
+        assert_eq!(
+            (cfg.pod.cpu_request.as_str(), cfg.pod.memory_limit.as_str()),
+            ("500m", "64Gi")
+        );
+        let err = parse("lots", "16Gi").unwrap_err().to_string();
+        assert!(
+            err.contains("--workload-cpu") && err.contains("CPU quantity"),
+            "{err}"
+        );
+        let err = parse("1", "16 gigs").unwrap_err().to_string();
+        assert!(err.contains("--workload-memory"), "{err}");
+        assert!(parse("1", "1Ki").is_err(), "too little to run anything");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod attest;
 pub mod backend;
+pub mod behaviour;
 pub mod cli;
 pub mod launcher;
 pub mod metrics;

@@ -58,7 +58,8 @@ pub struct AttestTo {
     pub kube: kube::Client,
     /// The operator's evidence API.
     pub operator: crate::operator_client::OperatorClient,
-    /// How to launch the workload pods GpuAttestations ask for; none: launch none.
+    /// How to launch the workload pods GpuAttestations (self-tests) and ModelAttestations
+    /// (behavioural probes) ask for; none: launch none.
     pub workloads: Option<crate::launcher::LauncherConfig>,
 }
 
@@ -148,15 +149,28 @@ pub async fn serve(
                             cfg,
                         ))
                     });
-                    crate::attest::run_loop_launching(
+                    let probes = {
+                        let (kube, launcher) = (to.kube.clone(), launcher.clone());
+                        async move {
+                            match launcher {
+                                Some(l) => crate::behaviour::run(kube, l).await,
+                                None => std::future::pending().await,
+                            }
+                        }
+                    };
+                    let attesting = crate::attest::run_loop_launching(
                         to.kube,
                         backend,
                         to.operator,
                         node,
                         state,
                         launcher,
-                    )
-                    .await
+                    );
+                    // Either loop ending ends the agent (see the select below).
+                    tokio::select! {
+                        () = attesting => {}
+                        () = probes => {}
+                    }
                 }
                 None => std::future::pending().await,
             }

@@ -197,6 +197,9 @@ impl SimNode {
             ("cpu".to_string(), Quantity("128".into())),
             ("memory".to_string(), Quantity("1Ti".into())),
             ("pods".to_string(), Quantity("110".into())),
+            // Workload pods request ephemeral storage (their /tmp and scratch volume), as
+            // a kubelet's node reports it.
+            ("ephemeral-storage".to_string(), Quantity("1Ti".into())),
         ]);
         for (resource, n) in self.gpu_resources() {
             capacity.insert(resource, Quantity(n.to_string()));

@@ -406,9 +406,10 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
     let agent = granted(&ctx, "lotabots-agent", NAMESPACE, &baseline).await?;
     let want: BTreeSet<Permission> = [
         perm("gpuattestations.lotabots.io", &["get", "list", "watch"]),
-        // Whether the ModelAttestation behind a workload pod still exists (the pod cannot
-        // carry an owner reference across namespaces; config/rbac/agent_role.yaml).
-        perm("modelattestations.lotabots.io", &["get"]),
+        // The behaviour requests for its node (status.behaviour), and whether the
+        // ModelAttestation behind a probe pod still exists (the pod cannot carry an owner
+        // reference across namespaces; config/rbac/agent_role.yaml).
+        perm("modelattestations.lotabots.io", &["get", "list", "watch"]),
         perm("nodes", &["get"]),
     ]
     .into();
@@ -555,7 +556,7 @@ async fn rbac_gives_each_service_account_its_rules_and_nothing_more(ctx: Ctx) ->
             "list",
             "modelattestations.lotabots.io",
             &all,
-            false,
+            true,
         ),
         (
             "lotabots-agent",

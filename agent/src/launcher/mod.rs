@@ -159,6 +159,17 @@ impl LaunchError {
             LaunchError::Unavailable { .. } | LaunchError::List { .. } => "unavailable",
         }
     }
+
+    /// Whether the same request may launch on a later try: the node was at capacity or the
+    /// API server failed. A refusal or an unusable request stays so.
+    pub fn retry_later(&self) -> bool {
+        matches!(
+            self,
+            LaunchError::AtCapacity { .. }
+                | LaunchError::Unavailable { .. }
+                | LaunchError::List { .. }
+        )
+    }
 }
 
 /// Whether a failed create is worth retrying: the API server was unreachable, throttled

@@ -13,6 +13,14 @@
 //! - mounts no ServiceAccount token but one projected volume holding only a token bound to
 //!   the pod (audience `lotabots`, 10 minutes) and the operator's CA certificate: the pod
 //!   can post its result to the operator and do nothing else with the API server;
+//! - writes only to bounded `emptyDir`s: `/tmp` always, and a scratch volume at
+//!   [`workload::SCRATCH_DIR`] sized by [`WorkloadRequest::scratch_bytes`] when the
+//!   workload needs one (a probe pod fetches the model into it);
+//! - asks for CPU, memory and ephemeral storage ([`PodSettings::cpu_request`],
+//!   [`PodSettings::memory_limit`], the volumes above): memory and ephemeral storage are
+//!   requested at their limit, so the scheduler places the pod only where they fit and a
+//!   runaway workload is killed or evicted rather than starving the node; CPU is requested,
+//!   not limited (a limit would only throttle a pod that already has the node's GPUs);
 //! - is owned by the object that asked (see [`owner_metadata`] for owners in another
 //!   namespace), ends by `activeDeadlineSeconds`, and never restarts.
 
@@ -29,6 +37,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use lotabots_crds::labels;
+use lotabots_crds::model_attestation::quantity_to_bytes;
 use lotabots_crds::workload::{self, WorkloadOwner, WorkloadRequest, env};
 
 /// UID and GID every workload container runs as (distroless `nonroot`).
@@ -48,9 +57,25 @@ pub const CA_KEY: &str = "ca.crt";
 pub const CONTAINER: &str = "workload";
 /// Grace period on deletion: the workloads hold no state worth a long shutdown.
 const TERMINATION_GRACE_SECONDS: i64 = 5;
-/// Longest `activeDeadlineSeconds` accepted (the CRD caps the self-test at 1 h; probes of a
-/// large model may take longer, but not a day).
-pub const MAX_DEADLINE_SECONDS: u64 = 6 * 3600;
+/// Longest `activeDeadlineSeconds` accepted: the longest behavioural-check timeout the
+/// ModelAttestation CRD allows (24 h; the self-test's is capped at 1 h).
+pub const MAX_DEADLINE_SECONDS: u64 =
+    lotabots_crds::model_attestation::MAX_BEHAVIOUR_TIMEOUT.as_secs();
+/// Ephemeral storage allowed beyond the volumes, for the container's logs (the root
+/// filesystem is read-only, so logs are all the container itself writes).
+pub const LOG_ALLOWANCE_BYTES: u64 = 64 << 20;
+/// Name of the scratch volume.
+const SCRATCH_VOLUME: &str = "scratch";
+/// Resource names of the container's requests and limits.
+const CPU: &str = "cpu";
+const MEMORY: &str = "memory";
+const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
+
+/// Default of [`PodSettings::cpu_request`]: one core feeds the GPUs.
+pub const DEFAULT_CPU_REQUEST: &str = "1";
+/// Default of [`PodSettings::memory_limit`]: room to load a mid-sized model's weights on
+/// the host before they move to the GPU.
+pub const DEFAULT_MEMORY_LIMIT: &str = "16Gi";
 
 /// The launcher's settings that shape every pod.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +93,10 @@ pub struct PodSettings {
     pub operator_ca_configmap: String,
     /// Size limit of the writable `/tmp` (the root filesystem is read-only).
     pub tmp_size_limit: String,
+    /// CPU the container requests (a quantity: `1`, `500m`); no CPU limit is set.
+    pub cpu_request: String,
+    /// Memory limit of the container (a quantity: `16Gi`), also its request.
+    pub memory_limit: String,
 }
 
 impl PodSettings {
@@ -80,6 +109,8 @@ impl PodSettings {
             operator_url: operator_url.into(),
             operator_ca_configmap: "lotabots-operator-ca".to_owned(),
             tmp_size_limit: "256Mi".to_owned(),
+            cpu_request: DEFAULT_CPU_REQUEST.to_owned(),
+            memory_limit: DEFAULT_MEMORY_LIMIT.to_owned(),
         }
     }
 }
@@ -92,6 +123,14 @@ pub enum SpecError {
     Request {
         /// The field (`id`, `node`, …).
         field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A launcher setting is unusable (a flag the command line did not check).
+    #[error("workload pod setting {setting}: {message}")]
+    Setting {
+        /// The setting (`tmpSizeLimit`, `memoryLimit`, …).
+        setting: &'static str,
         /// What is wrong.
         message: String,
     },
@@ -146,7 +185,86 @@ pub fn validate(req: &WorkloadRequest) -> Result<(), SpecError> {
     if !labels::is_label_value(&o.uid) {
         return Err(bad("owner.uid", format!("{:?} is not a UID", o.uid)));
     }
+    if req.scratch_bytes == Some(0) {
+        return Err(bad(
+            "scratchBytes",
+            "must be at least 1 byte when set (unset: no scratch volume)",
+        ));
+    }
     gpu_limits(req).map(|_| ())
+}
+
+/// A quantity's bytes, or the [`SpecError::Setting`] naming it.
+fn setting_bytes(setting: &'static str, q: &str) -> Result<u64, SpecError> {
+    quantity_to_bytes(q).ok_or_else(|| SpecError::Setting {
+        setting,
+        message: format!("{q:?} is not a quantity of bytes such as 16Gi"),
+    })
+}
+
+/// `bytes` as a quantity, in `Mi` when it is a whole number of them (easier to read in
+/// `kubectl get pod -o yaml`).
+pub fn bytes_quantity(bytes: u64) -> Quantity {
+    const MI: u64 = 1 << 20;
+    if bytes != 0 && bytes.is_multiple_of(MI) {
+        Quantity(format!("{}Mi", bytes / MI))
+    } else {
+        Quantity(bytes.to_string())
+    }
+}
+
+/// The container's requests and limits: the GPUs ([`gpu_limits`]), CPU requested only,
+/// memory and ephemeral storage requested at their limits. The ephemeral-storage limit
+/// covers what the pod may write: `/tmp`, the scratch volume and the container's logs
+/// (the kubelet counts `emptyDir`s against the pod's total).
+pub fn resources(
+    req: &WorkloadRequest,
+    s: &PodSettings,
+) -> Result<ResourceRequirements, SpecError> {
+    let mut limits = gpu_limits(req)?;
+    if !is_cpu_quantity(&s.cpu_request) {
+        return Err(SpecError::Setting {
+            setting: "cpuRequest",
+            message: format!(
+                "{:?} is not a CPU quantity such as 1 or 500m",
+                s.cpu_request
+            ),
+        });
+    }
+    let memory = bytes_quantity(setting_bytes("memoryLimit", &s.memory_limit)?);
+    let storage = bytes_quantity(
+        setting_bytes("tmpSizeLimit", &s.tmp_size_limit)?
+            .saturating_add(req.scratch_bytes.unwrap_or(0))
+            .saturating_add(LOG_ALLOWANCE_BYTES),
+    );
+    limits.insert(MEMORY.to_owned(), memory.clone());
+    limits.insert(EPHEMERAL_STORAGE.to_owned(), storage.clone());
+    let requests = BTreeMap::from([
+        (CPU.to_owned(), Quantity(s.cpu_request.clone())),
+        (MEMORY.to_owned(), memory),
+        (EPHEMERAL_STORAGE.to_owned(), storage),
+    ]);
+    Ok(ResourceRequirements {
+        limits: Some(limits),
+        requests: Some(requests),
+        ..Default::default()
+    })
+}
+
+/// Whether `q` is a positive CPU quantity: whole or decimal cores (`2`, `0.5`) or
+/// millicores (`500m`).
+pub fn is_cpu_quantity(q: &str) -> bool {
+    let (num, milli) = match q.strip_suffix('m') {
+        Some(n) => (n, true),
+        None => (q, false),
+    };
+    let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    num.len() <= 16
+        && digits(int_part)
+        && digits(frac_part)
+        && (!milli || !num.contains('.'))
+        && num.bytes().any(|b| (b'1'..=b'9').contains(&b))
 }
 
 /// The extended-resource limits of the container: `nvidia.com/mig-<profile>: 1` for a MIG
@@ -237,7 +355,7 @@ pub fn node_selector_labels(node: &str) -> String {
 /// Builds the pod for `req`.
 pub fn build(req: &WorkloadRequest, s: &PodSettings) -> Result<Pod, SpecError> {
     validate(req)?;
-    let limits = gpu_limits(req)?;
+    let resources = resources(req, s)?;
     let params = serde_json::to_string(&req.params).expect("a string map serialises");
 
     let mut meta = ObjectMeta {
@@ -264,6 +382,31 @@ pub fn build(req: &WorkloadRequest, s: &PodSettings) -> Result<Pod, SpecError> {
         value: Some(value),
         value_from: None,
     };
+    let mut mounts = vec![
+        VolumeMount {
+            name: "lotabots".to_owned(),
+            mount_path: SECRETS_DIR.to_owned(),
+            read_only: Some(true),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..Default::default()
+        },
+    ];
+    let mut volumes = vec![
+        projected_volume(s),
+        empty_dir("tmp", Quantity(s.tmp_size_limit.clone())),
+    ];
+    if let Some(bytes) = req.scratch_bytes {
+        mounts.push(VolumeMount {
+            name: SCRATCH_VOLUME.to_owned(),
+            mount_path: workload::SCRATCH_DIR.to_owned(),
+            ..Default::default()
+        });
+        volumes.push(empty_dir(SCRATCH_VOLUME, bytes_quantity(bytes)));
+    }
     let container = Container {
         name: CONTAINER.to_owned(),
         image: Some(req.image.clone()),
@@ -277,10 +420,7 @@ pub fn build(req: &WorkloadRequest, s: &PodSettings) -> Result<Pod, SpecError> {
             env_var(env::CA_FILE, format!("{SECRETS_DIR}/{CA_PATH}")),
             env_var(env::PARAMS, params),
         ]),
-        resources: Some(ResourceRequirements {
-            limits: Some(limits),
-            ..Default::default()
-        }),
+        resources: Some(resources),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
@@ -295,19 +435,7 @@ pub fn build(req: &WorkloadRequest, s: &PodSettings) -> Result<Pod, SpecError> {
             seccomp_profile: Some(runtime_default()),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "lotabots".to_owned(),
-                mount_path: SECRETS_DIR.to_owned(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: "tmp".to_owned(),
-                mount_path: "/tmp".to_owned(),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(mounts),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
         ..Default::default()
     };
@@ -343,46 +471,7 @@ pub fn build(req: &WorkloadRequest, s: &PodSettings) -> Result<Pod, SpecError> {
             ..Default::default()
         }),
         containers: vec![container],
-        volumes: Some(vec![
-            Volume {
-                name: "lotabots".to_owned(),
-                projected: Some(ProjectedVolumeSource {
-                    // Owner read only (0440 with fsGroup): the token is the pod's identity.
-                    default_mode: Some(0o440),
-                    sources: Some(vec![
-                        VolumeProjection {
-                            service_account_token: Some(ServiceAccountTokenProjection {
-                                audience: Some(workload::TOKEN_AUDIENCE.to_owned()),
-                                expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
-                                path: TOKEN_PATH.to_owned(),
-                            }),
-                            ..Default::default()
-                        },
-                        VolumeProjection {
-                            config_map: Some(ConfigMapProjection {
-                                name: s.operator_ca_configmap.clone(),
-                                items: Some(vec![KeyToPath {
-                                    key: CA_KEY.to_owned(),
-                                    path: CA_PATH.to_owned(),
-                                    mode: None,
-                                }]),
-                                optional: Some(false),
-                            }),
-                            ..Default::default()
-                        },
-                    ]),
-                }),
-                ..Default::default()
-            },
-            Volume {
-                name: "tmp".to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource {
-                    medium: None,
-                    size_limit: Some(Quantity(s.tmp_size_limit.clone())),
-                }),
-                ..Default::default()
-            },
-        ]),
+        volumes: Some(volumes),
         ..Default::default()
     };
     Ok(Pod {
@@ -390,6 +479,52 @@ pub fn build(req: &WorkloadRequest, s: &PodSettings) -> Result<Pod, SpecError> {
         spec: Some(spec),
         status: None,
     })
+}
+
+/// The projected volume: a token bound to the pod and the operator's CA certificate.
+fn projected_volume(s: &PodSettings) -> Volume {
+    Volume {
+        name: "lotabots".to_owned(),
+        projected: Some(ProjectedVolumeSource {
+            // Owner read only (0440 with fsGroup): the token is the pod's identity.
+            default_mode: Some(0o440),
+            sources: Some(vec![
+                VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(workload::TOKEN_AUDIENCE.to_owned()),
+                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                        path: TOKEN_PATH.to_owned(),
+                    }),
+                    ..Default::default()
+                },
+                VolumeProjection {
+                    config_map: Some(ConfigMapProjection {
+                        name: s.operator_ca_configmap.clone(),
+                        items: Some(vec![KeyToPath {
+                            key: CA_KEY.to_owned(),
+                            path: CA_PATH.to_owned(),
+                            mode: None,
+                        }]),
+                        optional: Some(false),
+                    }),
+                    ..Default::default()
+                },
+            ]),
+        }),
+        ..Default::default()
+    }
+}
+
+/// A node-disk `emptyDir` of at most `size` (the kubelet evicts the pod beyond it).
+fn empty_dir(name: &str, size: Quantity) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(size),
+        }),
+        ..Default::default()
+    }
 }
 
 fn runtime_default() -> SeccompProfile {

@@ -252,7 +252,10 @@ fn asks_for_whole_gpus_or_one_mig_device() {
         let mut req = request();
         req.resources = r;
         let c = pod_of(&req, &settings()).1.containers.remove(0);
-        c.resources.and_then(|r| r.limits).expect("limits")
+        let mut limits = c.resources.and_then(|r| r.limits).expect("limits");
+        // Memory and storage: requests_cpu_and_memory_and_storage_at_their_limits.
+        limits.retain(|k, _| k.starts_with("nvidia.com/"));
+        limits
     };
     assert_eq!(
         limits(GpuResources::default()),
@@ -393,4 +396,152 @@ fn unusable_requests_are_refused_naming_the_field() {
     assert!(err(&|r| r.deadline_seconds = u64::MAX).contains("deadlineSeconds"));
     assert!(err(&|r| r.image = " ".into()).contains("workload request image"));
     assert!(err(&|r| r.owner.uid = String::new()).contains("workload request owner"));
+}
+
+#[test]
+fn a_scratch_volume_of_the_requested_size_only_when_asked() {
+    let scratch = |s: &PodSpec| {
+        s.volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "scratch")
+            .cloned()
+    };
+    assert!(scratch(&spec()).is_none(), "no scratch unless requested");
+    assert!(
+        container()
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.mount_path != workload::SCRATCH_DIR)
+    );
+
+    let mut req = request();
+    req.scratch_bytes = Some(3 << 30);
+    let s = pod_of(&req, &settings()).1;
+    let dir = scratch(&s)
+        .and_then(|v| v.empty_dir)
+        .expect("an emptyDir scratch volume");
+    assert_eq!(dir.size_limit, Some(Quantity("3072Mi".into())));
+    assert_eq!(dir.medium, None, "on the node's disk, not in memory");
+    let c = s.containers[0].clone();
+    let mount = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "scratch")
+        .expect("scratch mounted");
+    assert_eq!(mount.mount_path, "/work");
+    assert_ne!(
+        mount.read_only,
+        Some(true),
+        "the workload writes the model there"
+    );
+    assert_eq!(
+        c.security_context
+            .and_then(|sc| sc.read_only_root_filesystem),
+        Some(true),
+        "the root filesystem stays read-only"
+    );
+
+    req.scratch_bytes = Some(1000);
+    let s = pod_of(&req, &settings()).1;
+    assert_eq!(
+        scratch(&s)
+            .and_then(|v| v.empty_dir)
+            .and_then(|d| d.size_limit),
+        Some(Quantity("1000".into())),
+        "an odd size stays exact"
+    );
+    req.scratch_bytes = Some(0);
+    assert!(
+        build(&req, &settings())
+            .unwrap_err()
+            .to_string()
+            .contains("scratchBytes")
+    );
+}
+
+fn requirements(req: &WorkloadRequest, s: &PodSettings) -> ResourceRequirements {
+    pod_of(req, s).1.containers[0]
+        .resources
+        .clone()
+        .expect("resources")
+}
+
+#[test]
+fn requests_cpu_and_memory_and_storage_at_their_limits() {
+    let r = requirements(&request(), &settings());
+    let (requests, limits) = (r.requests.expect("requests"), r.limits.expect("limits"));
+    assert_eq!(requests["cpu"], Quantity("1".into()));
+    assert!(!limits.contains_key("cpu"), "CPU is not throttled");
+    assert_eq!(requests["memory"], Quantity("16384Mi".into()));
+    assert_eq!(
+        limits["memory"], requests["memory"],
+        "memory request = limit"
+    );
+    // /tmp (256Mi) and the log allowance (64Mi), no scratch.
+    assert_eq!(limits["ephemeral-storage"], Quantity("320Mi".into()));
+    assert_eq!(limits["ephemeral-storage"], requests["ephemeral-storage"]);
+    assert_eq!(
+        limits["nvidia.com/gpu"],
+        Quantity("1".into()),
+        "GPUs unchanged"
+    );
+    assert!(!requests.contains_key("nvidia.com/gpu"));
+
+    let mut req = request();
+    req.scratch_bytes = Some(1 << 30);
+    let mut s = settings();
+    s.cpu_request = "500m".into();
+    s.memory_limit = "64Gi".into();
+    let r = requirements(&req, &s);
+    let (requests, limits) = (r.requests.unwrap(), r.limits.unwrap());
+    assert_eq!(requests["cpu"], Quantity("500m".into()));
+    assert_eq!(limits["memory"], Quantity("65536Mi".into()));
+    assert_eq!(
+        limits["ephemeral-storage"],
+        Quantity("1344Mi".into()),
+        "tmp + scratch + logs"
+    );
+}
+
+#[test]
+fn unusable_resource_settings_are_refused_naming_the_setting() {
+    let err = |f: &dyn Fn(&mut PodSettings)| {
+        let mut s = settings();
+        f(&mut s);
+        build(&request(), &s).unwrap_err().to_string()
+    };
+    assert!(err(&|s| s.cpu_request = "lots".into()).contains("cpuRequest"));
+    assert!(err(&|s| s.cpu_request = "0".into()).contains("cpuRequest"));
+    assert!(err(&|s| s.memory_limit = "16 gigs".into()).contains("memoryLimit"));
+    assert!(err(&|s| s.tmp_size_limit = "-1".into()).contains("tmpSizeLimit"));
+}
+
+#[test]
+fn cpu_quantities() {
+    for ok in ["1", "2", "0.5", "500m", "1.25"] {
+        assert!(is_cpu_quantity(ok), "{ok}");
+    }
+    for bad in ["", "m", "0", "0m", "1.5m", "-1", "1 ", "1Gi", "1e3", "."] {
+        assert!(!is_cpu_quantity(bad), "{bad:?}");
+    }
+}
+
+#[test]
+fn deadlines_up_to_the_longest_behavioural_timeout_are_accepted() {
+    let mut req = request();
+    req.deadline_seconds = 24 * 3600;
+    assert_eq!(
+        pod_of(&req, &settings()).1.active_deadline_seconds,
+        Some(24 * 3600)
+    );
+    req.deadline_seconds = 24 * 3600 + 1;
+    assert!(
+        build(&req, &settings())
+            .unwrap_err()
+            .to_string()
+            .contains("deadlineSeconds")
+    );
 }
