@@ -7,9 +7,13 @@
 //! read again for every request because the kubelet rotates it. [`Client::send`] is one
 //! attempt and leaves the answer to the caller (the agent reads the operator's error
 //! labels); [`Client::post_result`] delivers a [`WorkloadResult`] with the [`Retry`]
-//! policy of workload pods.
+//! policy of workload pods, and [`Client::get_bytes`] and [`Client::download`] fetch with
+//! it (a probe pod fetches its model and suite from the operator).
 
+mod get;
 mod retry;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +23,7 @@ use lotabots_crds::workload::{RESULT_PATH, WorkloadResult};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 
+pub use get::{GetError, problem_detail};
 pub use reqwest::StatusCode;
 pub use retry::{PostError, Retry};
 
@@ -104,6 +109,8 @@ impl Client {
             .use_preconfigured_tls(tls)
             .https_only(true)
             .connect_timeout(Duration::from_secs(5))
+            // Every wait for bytes; downloads lift the total below, not this.
+            .read_timeout(Duration::from_secs(30))
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| ConfigError(format!("HTTP client: {e}")))?;

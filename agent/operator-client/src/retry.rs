@@ -1,6 +1,7 @@
-//! Result delivery of workload pods: retried with backoff on transport errors, 5xx, 408
-//! and 429 answers (each attempt reads the token again, as the kubelet rotates it); any
-//! other 4xx answer is final: the operator looked at the result and refused it.
+//! The retry policy of workload pods, for delivering results and fetching what they
+//! check: retried with backoff on transport errors, 5xx, 408 and 429 answers (each
+//! attempt reads the token again, as the kubelet rotates it); any other 4xx answer is
+//! final: the operator looked at the request and refused it.
 
 use std::time::Duration;
 
@@ -84,10 +85,65 @@ impl Retry {
 
 /// Whether an answer with `status` is worth another attempt: server errors, and the two
 /// 4xx that ask to come back later (408, 429). Other 4xx are the operator's verdict.
-fn worth_retrying(status: reqwest::StatusCode) -> bool {
+pub(crate) fn worth_retrying(status: reqwest::StatusCode) -> bool {
     status.is_server_error()
         || status == reqwest::StatusCode::REQUEST_TIMEOUT
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS
+}
+
+/// What one attempt came to.
+pub(crate) enum Attempt<T, E> {
+    /// Finished: the value, or a failure another attempt would not mend.
+    Done(Result<T, E>),
+    /// Worth another attempt: why this one failed, and how long the operator asked to be
+    /// left alone (`Retry-After`).
+    Again {
+        why: String,
+        retry_after: Option<Duration>,
+    },
+}
+
+/// Why [`run`] stopped without a value.
+pub(crate) enum Stopped<E> {
+    /// An attempt failed for good.
+    Final(E),
+    /// Every attempt failed; the last one's reason.
+    Exhausted { attempts: u32, last: String },
+}
+
+/// Runs `attempt` as `retry` says. The wait before each further attempt is the policy's
+/// backoff, or the operator's `Retry-After` when that is longer, capped at
+/// [`Retry::max_backoff`] so that one answer cannot stall the pod.
+pub(crate) async fn run<T, E>(
+    retry: Retry,
+    url: &str,
+    mut attempt: impl AsyncFnMut() -> Attempt<T, E>,
+) -> Result<T, Stopped<E>> {
+    let attempts = retry.attempts.max(1);
+    let mut last = String::new();
+    let mut asked = Duration::ZERO;
+    for n in 1..=attempts {
+        if n > 1 {
+            let wait = retry.backoff(n).max(asked.min(retry.max_backoff));
+            tokio::time::sleep(wait).await;
+        }
+        match attempt().await {
+            Attempt::Done(done) => return done.map_err(Stopped::Final),
+            Attempt::Again { why, retry_after } => {
+                tracing::warn!(attempt = n, %url, %why, "request to the operator failed");
+                asked = retry_after.unwrap_or_default();
+                last = why;
+            }
+        }
+    }
+    Err(Stopped::Exhausted { attempts, last })
+}
+
+/// The wait an answer asks for in `Retry-After`, in seconds (the HTTP-date form is not
+/// understood and reads as no wait).
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// Posts `body` to `path` as `retry` says; returns the answer body of the 2xx.
@@ -98,33 +154,39 @@ pub(crate) async fn post(
     retry: Retry,
 ) -> Result<String, PostError> {
     let url = format!("{}{path}", client.base());
-    let attempts = retry.attempts.max(1);
-    let mut last = String::new();
-    for attempt in 1..=attempts {
-        tokio::time::sleep(retry.backoff(attempt)).await;
-        let why = match client.send(path, body.clone()).await {
-            Err(SendError::Config(e)) => return Err(e.into()),
-            Err(SendError::Transport { message, .. }) => message,
-            Ok(answer) if answer.status.is_success() => return Ok(answer.body),
+    let outcome = run(retry, &url, async || {
+        match client.send(path, body.clone()).await {
+            Err(SendError::Config(e)) => Attempt::Done(Err(e.into())),
+            Err(SendError::Transport { message, .. }) => Attempt::Again {
+                why: message,
+                retry_after: None,
+            },
+            Ok(answer) if answer.status.is_success() => Attempt::Done(Ok(answer.body)),
             Ok(answer) => {
                 let shown: String = answer.body.chars().take(2000).collect();
-                if !worth_retrying(answer.status) {
-                    return Err(PostError::Refused {
-                        url,
+                if worth_retrying(answer.status) {
+                    Attempt::Again {
+                        why: format!("{}: {shown}", answer.status),
+                        retry_after: None,
+                    }
+                } else {
+                    Attempt::Done(Err(PostError::Refused {
+                        url: url.clone(),
                         status: answer.status.as_u16(),
                         body: shown,
-                    });
+                    }))
                 }
-                format!("{}: {shown}", answer.status)
             }
-        };
-        tracing::warn!(attempt, %url, %why, "posting the result failed");
-        last = why;
-    }
-    Err(PostError::Exhausted {
-        url,
-        attempts,
-        last,
+        }
+    })
+    .await;
+    outcome.map_err(|stopped| match stopped {
+        Stopped::Final(e) => e,
+        Stopped::Exhausted { attempts, last } => PostError::Exhausted {
+            url,
+            attempts,
+            last,
+        },
     })
 }
 
@@ -143,6 +205,19 @@ mod tests {
         assert_eq!(waits, [0, 500, 1000, 2000, 4000, 8000, 8000]);
         // No overflow however many attempts.
         assert_eq!(r.backoff(40), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_only() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, " 7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&h), None);
     }
 
     #[test]

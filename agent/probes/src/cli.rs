@@ -2,12 +2,17 @@
 //! environment variable, or a key of the launcher's JSON parameters
 //! (`LOTABOTS_WORKLOAD_PARAMS`); a flag or its own variable wins over a parameter.
 //!
-//! Exit codes: 0 every probe passed; 1 a probe failed, or the model was refused (its
-//! files do not match the attested manifest) or could not run; 2 unusable input (flags,
-//! parameters, a malformed suite); 3 the result could not be delivered to the operator.
+//! In fetch mode (`--fetch operator`, the probe pod's: it has no model volume) the suite
+//! and the model's files are fetched from the operator first ([`crate::fetch`]), into the
+//! suite file and model directory named.
+//!
+//! Exit codes: 0 every probe passed; 1 a probe failed, or the model or suite was refused
+//! (its files do not match the attested manifest, the suite another digest) or could not
+//! be fetched or run; 2 unusable input (flags, parameters, a malformed suite); 3 the
+//! result could not be delivered to the operator.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -16,18 +21,24 @@ use lotabots_crds::model_attestation::HashAlgorithm;
 use lotabots_crds::workload::{WorkloadResult, env};
 use lotabots_model::hashing::HashOptions;
 use lotabots_model::manifest::Serialization;
+use lotabots_operator_client::{Client, Retry};
 
-use crate::integrity::{Expectation, parse_manifest_digest};
+use crate::fetch::{FetchPlan, Fetched};
+use crate::integrity::{Expectation, parse_manifest_digest, parse_sha256_digest};
 use crate::result::{Binding, Poster, workload_result};
-use crate::suite::Suite;
+use crate::suite::{self, Suite};
 use crate::{DeviceChoice, ProbeError, RunOptions, Timings, run_with};
 
 /// Keys of the launcher's JSON parameters this runner reads.
 pub mod params {
-    /// The model directory (mounted read-only).
+    /// `operator`: fetch the suite and the model from the operator (`--fetch`).
+    pub const FETCH: &str = "fetch";
+    /// The model directory (mounted read-only, or fetched into).
     pub const MODEL_DIR: &str = "modelDir";
-    /// The probe suite file (the ConfigMap key, mounted).
+    /// The probe suite file (the ConfigMap key mounted, or fetched into).
     pub const SUITE: &str = "suite";
+    /// `sha256:HEX` of the suite's bytes; required when fetching.
+    pub const SUITE_DIGEST: &str = "suiteDigest";
     /// The attested manifest digest, `sha256:HEX`.
     pub const MANIFEST_DIGEST: &str = "manifestDigest";
     /// A signed manifest (bundle or statement) naming each file's digest.
@@ -37,9 +48,11 @@ pub mod params {
     /// Shard size in bytes (`spec.integrity.shardSizeBytes`).
     pub const SHARD_SIZE_BYTES: &str = "shardSizeBytes";
     /// Every key, for messages.
-    pub const ALL: [&str; 6] = [
+    pub const ALL: [&str; 8] = [
+        FETCH,
         MODEL_DIR,
         SUITE,
+        SUITE_DIGEST,
         MANIFEST_DIGEST,
         SIGNED_MANIFEST,
         HASH_ALGORITHM,
@@ -56,17 +69,45 @@ pub enum Algorithm {
     Blake3,
 }
 
+/// Where the suite and the model come from when not from mounted files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FetchFrom {
+    /// The operator's API (`/v1/workload-models/{id}/…`), with the pod's token.
+    Operator,
+}
+
+impl FetchFrom {
+    /// From a parameter's value; the error names it.
+    fn parse_param(value: &str) -> Result<Self, ProbeError> {
+        match value {
+            "operator" => Ok(FetchFrom::Operator),
+            other => Err(usage(format!(
+                "parameter {}: {other:?} is not a place to fetch from (the only one is \"operator\")",
+                params::FETCH
+            ))),
+        }
+    }
+}
+
 /// Runs a behavioural probe suite on a model after checking its files against the
 /// attested manifest, and posts the result to the operator.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "lotabots-probe-runner", version)]
 pub struct Args {
+    /// Fetch the suite and the model from the operator into --suite and --model (which
+    /// must be absent or empty) before anything else. Parameter: fetch.
+    #[arg(long, env = "LOTABOTS_PROBE_FETCH", value_enum)]
+    pub fetch: Option<FetchFrom>,
     /// The model directory. Parameter: modelDir.
     #[arg(long, env = "LOTABOTS_PROBE_MODEL", value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// The probe suite (YAML). Parameter: suite.
     #[arg(long, env = "LOTABOTS_PROBE_SUITE", value_name = "FILE")]
     pub suite: Option<PathBuf>,
+    /// The suite's digest (sha256:HEX of its bytes): a suite that hashes otherwise is
+    /// refused. Required with --fetch. Parameter: suiteDigest.
+    #[arg(long, env = "LOTABOTS_SUITE_DIGEST", value_name = "sha256:HEX")]
+    pub suite_digest: Option<String>,
     /// The attested manifest digest (sha256:HEX); the model is not loaded unless its
     /// files hash to it. Parameter: manifestDigest.
     #[arg(long, env = "LOTABOTS_MANIFEST_DIGEST", value_name = "sha256:HEX")]
@@ -95,13 +136,13 @@ pub struct Args {
     /// Also write the result (JSON) to this file.
     #[arg(long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Print timings to stderr: verification, model load, probes per second.
+    /// Print timings to stderr: fetch, verification, model load, probes per second.
     #[arg(long)]
     pub report: bool,
     /// The operator's base URL (https://…).
     #[arg(long, env = env::OPERATOR_URL, value_name = "URL")]
     pub operator_url: Option<String>,
-    /// The pod-bound token posted with the result.
+    /// The pod-bound token the result is posted (and the model fetched) with.
     #[arg(long, env = env::TOKEN_FILE, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
     /// CA bundle that verifies the operator's certificate.
@@ -128,17 +169,24 @@ pub struct Settings {
     pub model: PathBuf,
     /// The suite file.
     pub suite: PathBuf,
+    /// The digest the suite must have; `None`: whatever suite is mounted.
+    pub suite_digest: Option<String>,
+    /// What to fetch from the operator first; `None`: the files are mounted.
+    pub fetch: Option<FetchPlan>,
     /// How to run.
     pub run: RunOptions,
-    /// Where to post; `None` with `--no-post`.
-    pub post: Option<PostSettings>,
+    /// The operator: where the result is posted, and the suite and model fetched from;
+    /// `None` with `--no-post` when nothing is fetched.
+    pub operator: Option<OperatorSettings>,
+    /// Whether the result is posted (not with `--no-post`).
+    pub post: bool,
     /// The binding echoed in the result.
     pub binding: Binding,
 }
 
-/// Where and how to post.
+/// How to reach the operator.
 #[derive(Debug)]
-pub struct PostSettings {
+pub struct OperatorSettings {
     /// Base URL.
     pub operator_url: String,
     /// Token file.
@@ -199,6 +247,28 @@ impl Args {
         )?;
         let manifest_digest =
             parse_manifest_digest(&digest).map_err(|e| usage(format!("--manifest-digest: {e}")))?;
+        let fetch = match self.fetch {
+            Some(from) => Some(from),
+            None => param(params::FETCH)
+                .map(|v| FetchFrom::parse_param(&v))
+                .transpose()?,
+        };
+        let suite_digest = self
+            .suite_digest
+            .clone()
+            .or_else(|| param(params::SUITE_DIGEST))
+            .map(|d| {
+                parse_sha256_digest("suite digest", &d)
+                    .map_err(|e| usage(format!("--suite-digest: {e}")))
+            })
+            .transpose()?;
+        if fetch.is_some() && suite_digest.is_none() {
+            return Err(usage(format!(
+                "--suite-digest is required with --fetch (or the parameter {} in {}): a fetched suite is run only when it hashes to it",
+                params::SUITE_DIGEST,
+                env::PARAMS
+            )));
+        }
         let algorithm = match (self.hash_algorithm, param(params::HASH_ALGORITHM)) {
             (Some(Algorithm::Sha256), _) => HashAlgorithm::Sha256,
             (Some(Algorithm::Blake3), _) => HashAlgorithm::Blake3,
@@ -234,15 +304,18 @@ impl Args {
             .signed_manifest
             .clone()
             .or_else(|| param(params::SIGNED_MANIFEST).map(PathBuf::from));
-        let post = if self.no_post {
-            None
-        } else {
+        let post = !self.no_post;
+        let operator = if post || fetch.is_some() {
             let missing = |flag: &str, var: &str| {
-                usage(format!(
-                    "{flag} (or {var}) is required to post the result; --no-post prints it instead"
-                ))
+                usage(if fetch.is_some() {
+                    format!("{flag} (or {var}) is required to fetch the suite and the model")
+                } else {
+                    format!(
+                        "{flag} (or {var}) is required to post the result; --no-post prints it instead"
+                    )
+                })
             };
-            Some(PostSettings {
+            Some(OperatorSettings {
                 operator_url: self
                     .operator_url
                     .clone()
@@ -256,13 +329,21 @@ impl Args {
                     .clone()
                     .ok_or_else(|| missing("--ca-file", env::CA_FILE))?,
             })
+        } else {
+            None
         };
         let binding = Binding {
             request_id: self.request_id.clone().unwrap_or_default(),
             nonce: self.nonce.clone().unwrap_or_default(),
             node: self.node.clone().unwrap_or_default(),
         };
-        if post.is_some() {
+        if fetch.is_some() && binding.request_id.is_empty() {
+            return Err(usage(format!(
+                "{} is required to fetch the suite and the model (the launcher sets it)",
+                env::REQUEST_ID
+            )));
+        }
+        if post {
             for (value, var) in [
                 (&binding.request_id, env::REQUEST_ID),
                 (&binding.nonce, env::NONCE),
@@ -275,9 +356,20 @@ impl Args {
                 }
             }
         }
+        let (model, suite) = (PathBuf::from(model), PathBuf::from(suite));
+        let fetch = fetch.map(|FetchFrom::Operator| FetchPlan {
+            request_id: binding.request_id.clone(),
+            suite: suite.clone(),
+            model_dir: model.clone(),
+            suite_digest: suite_digest.clone().unwrap_or_default(),
+            manifest_digest: manifest_digest.clone(),
+            retry: Retry::default(),
+        });
         Ok(Settings {
-            model: PathBuf::from(model),
-            suite: PathBuf::from(suite),
+            model,
+            suite,
+            suite_digest,
+            fetch,
             run: RunOptions {
                 expectation: Expectation {
                     manifest_digest,
@@ -290,16 +382,47 @@ impl Args {
                     ..HashOptions::default()
                 },
             },
+            operator,
             post,
             binding,
         })
     }
 }
 
-/// Reads and parses the suite file.
-fn read_suite(path: &Path) -> Result<Suite, ProbeError> {
+/// The suite to run: fetched (with the model) from the operator in fetch mode, else read
+/// from its file; refused unless it hashes to the suite digest when one is given.
+fn prepare(
+    settings: &Settings,
+    client: Option<&Client>,
+    runtime: &tokio::runtime::Runtime,
+) -> Result<(Suite, Option<Fetched>), ProbeError> {
+    let parse = |bytes: &[u8]| {
+        Suite::parse(bytes).map_err(|e| usage(format!("{}: {e}", settings.suite.display())))
+    };
+    if let Some(plan) = &settings.fetch {
+        let client = client.ok_or_else(|| usage("fetching needs the operator's URL"))?;
+        let fetched = runtime.block_on(crate::fetch::fetch(client, plan))?;
+        return Ok((parse(&fetched.suite)?, Some(fetched)));
+    }
+    let path = &settings.suite;
     let bytes = std::fs::read(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    Suite::parse(&bytes).map_err(|e| usage(format!("{}: {e}", path.display())))
+    if let Some(expected) = &settings.suite_digest {
+        let found = suite::digest_of(&bytes);
+        if &found != expected {
+            return Err(ProbeError::SuiteDigest(format!(
+                "{} hashes to {found}, not to the expected suite digest {expected}",
+                path.display()
+            )));
+        }
+    }
+    Ok((parse(&bytes)?, None))
+}
+
+/// A client of the operator: its CA bundle read, the URL checked.
+fn connect(o: &OperatorSettings) -> Result<Client, String> {
+    let ca =
+        std::fs::read(&o.ca_file).map_err(|e| format!("CA file {}: {e}", o.ca_file.display()))?;
+    Client::new(&o.operator_url, &ca, o.token_file.clone()).map_err(|e| e.0)
 }
 
 /// The `--report` figures.
@@ -327,28 +450,33 @@ pub fn main_with(args: &Args) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
-    let poster = match &settings.post {
-        None => None,
-        Some(p) => {
-            let ca = match std::fs::read(&p.ca_file) {
-                Ok(ca) => ca,
-                Err(e) => {
-                    say(&format!("error: CA file {}: {e}", p.ca_file.display()));
-                    return ExitCode::from(2);
-                }
-            };
-            match Poster::new(&p.operator_url, &ca, p.token_file.clone()) {
-                Ok(poster) => Some(poster),
-                Err(e) => {
-                    say(&format!("error: {e}"));
-                    return ExitCode::from(2);
-                }
-            }
+    let client = match settings.operator.as_ref().map(connect).transpose() {
+        Ok(client) => client,
+        Err(e) => {
+            say(&format!("error: {e}"));
+            return ExitCode::from(2);
+        }
+    };
+    let poster = client
+        .clone()
+        .filter(|_| settings.post)
+        .map(Poster::with_client);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            say(&format!("error: no async runtime: {e}"));
+            return ExitCode::from(1);
         }
     };
 
     let started = Timestamp::now();
-    let outcome = read_suite(&settings.suite).and_then(|suite| {
+    let outcome = prepare(&settings, client.as_ref(), &runtime).and_then(|(suite, fetched)| {
+        if let (true, Some(fetched)) = (args.report, &fetched) {
+            say(&fetched.render());
+        }
         let out = run_with(&settings.model, &suite, &settings.run)?;
         Ok((out, suite.probes.len()))
     });
@@ -386,11 +514,7 @@ pub fn main_with(args: &Args) -> ExitCode {
         None if args.output.is_none() => println!("{json}"),
         None => {}
         Some(poster) => {
-            let posted = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(poster.post(&result)).map_err(|e| e.to_string()));
+            let posted = runtime.block_on(poster.post(&result));
             match posted {
                 Ok(()) => say(&format!("result posted to {}", poster.url())),
                 Err(e) => {
@@ -436,7 +560,10 @@ mod tests {
             s.run.expectation.serialization,
             Serialization::shards(HashAlgorithm::Sha256, 4096)
         );
-        assert!(s.post.is_none());
+        assert!(!s.post);
+        assert!(s.operator.is_none());
+        assert!(s.fetch.is_none());
+        assert!(s.suite_digest.is_none());
     }
 
     #[test]
@@ -518,6 +645,113 @@ mod tests {
         a.node = Some("n".into());
         let s = a.settings().unwrap();
         assert_eq!(s.binding.node, "n");
-        assert_eq!(s.post.unwrap().operator_url, "https://op");
+        assert!(s.post);
+        assert_eq!(s.operator.unwrap().operator_url, "https://op");
+    }
+
+    /// The launcher's parameters of a probe pod in fetch mode.
+    fn fetch_params() -> serde_json::Value {
+        serde_json::json!({
+            "fetch": "operator",
+            "modelDir": "/work/model",
+            "suite": "/work/suite.yaml",
+            "manifestDigest": DIGEST,
+            "suiteDigest": format!("sha256:{}", "AB".repeat(32)),
+            "hashAlgorithm": "sha256",
+        })
+    }
+
+    #[test]
+    fn fetch_mode_from_the_parameters() {
+        let mut a = parse(&["--no-post"]);
+        a.params = Some(fetch_params().to_string());
+        let e = a.settings().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("--operator-url (or LOTABOTS_OPERATOR_URL) is required to fetch"),
+            "{e}"
+        );
+        a.operator_url = Some("https://op".into());
+        a.token_file = Some("/t".into());
+        a.ca_file = Some("/ca".into());
+        let e = a.settings().unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("LOTABOTS_WORKLOAD_ID is required to fetch"),
+            "{e}"
+        );
+        a.request_id = Some("c0ffee".into());
+        let s = a.settings().unwrap();
+        // --no-post still fetches: the operator is needed, the result is not posted.
+        assert!(!s.post);
+        assert_eq!(s.operator.unwrap().operator_url, "https://op");
+        let plan = s.fetch.unwrap();
+        assert_eq!(plan.request_id, "c0ffee");
+        assert_eq!(plan.model_dir, PathBuf::from("/work/model"));
+        assert_eq!(plan.suite, PathBuf::from("/work/suite.yaml"));
+        assert_eq!(plan.manifest_digest, DIGEST);
+        // Normalised to lowercase, as the suite's own digest is written.
+        assert_eq!(plan.suite_digest, format!("sha256:{}", "ab".repeat(32)));
+        assert_eq!(s.suite_digest.as_deref(), Some(plan.suite_digest.as_str()));
+    }
+
+    #[test]
+    fn fetch_mode_needs_a_known_source_and_a_suite_digest() {
+        let mut a = parse(&["--no-post", "--request-id", "r"]);
+        let mut p = fetch_params();
+        p["fetch"] = "s3".into();
+        a.params = Some(p.to_string());
+        let e = a.settings().unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "parameter fetch: \"s3\" is not a place to fetch from (the only one is \"operator\")"
+        );
+        assert_eq!(e.exit_code(), 2);
+        let e = Args::try_parse_from(["lotabots-probe-runner", "--fetch", "s3"]).unwrap_err();
+        assert!(e.to_string().contains("'s3'"), "{e}");
+
+        let mut p = fetch_params();
+        p.as_object_mut().unwrap().remove("suiteDigest");
+        a.params = Some(p.to_string());
+        let e = a.settings().unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "--suite-digest is required with --fetch (or the parameter suiteDigest"
+            ),
+            "{e}"
+        );
+        let mut p = fetch_params();
+        p["suiteDigest"] = "sha256:beef".into();
+        a.params = Some(p.to_string());
+        let e = a.settings().unwrap_err();
+        assert!(
+            e.to_string().contains(
+                "--suite-digest: suite digest \"sha256:beef\" is not sha256:<64 hex digits>"
+            ),
+            "{e}"
+        );
+        // The flag alone turns it on, as the parameter does.
+        let mut a = parse(&[
+            "--no-post",
+            "--fetch",
+            "operator",
+            "--model",
+            "m",
+            "--suite",
+            "s",
+            "--manifest-digest",
+            DIGEST,
+            "--request-id",
+            "r",
+            "--operator-url",
+            "https://op",
+            "--token-file",
+            "/t",
+            "--ca-file",
+            "/ca",
+        ]);
+        assert!(a.settings().is_err());
+        a.suite_digest = Some(DIGEST.into());
+        assert!(a.settings().unwrap().fetch.is_some());
     }
 }

@@ -55,11 +55,15 @@ impl Expectation {
 /// Normalises a manifest digest: `sha256:HEX` or bare `HEX` (as `spec.integrity.
 /// expectedDigest` writes it), 64 hex digits, any case.
 pub fn parse_manifest_digest(s: &str) -> Result<String, String> {
+    parse_sha256_digest("manifest digest", s)
+}
+
+/// Normalises a SHA-256 digest, `sha256:HEX` or bare `HEX` (64 hex digits, any case), to
+/// `sha256:` + lowercase hex; the error calls it `what`.
+pub fn parse_sha256_digest(what: &str, s: &str) -> Result<String, String> {
     let hex_part = s.strip_prefix("sha256:").unwrap_or(s);
     if hex_part.len() != 64 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "manifest digest {s:?} is not sha256:<64 hex digits>"
-        ));
+        return Err(format!("{what} {s:?} is not sha256:<64 hex digits>"));
     }
     Ok(format!("sha256:{}", hex_part.to_ascii_lowercase()))
 }

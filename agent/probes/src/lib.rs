@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod embed;
 pub mod eval;
+pub mod fetch;
 pub mod integrity;
 pub mod loaded;
 pub mod result;
@@ -23,6 +24,7 @@ use lotabots_model::hashing::{HashError, HashOptions};
 use lotabots_model::source::SourceError;
 
 use crate::embed::{Embedder, ModelError};
+use crate::fetch::FetchError;
 use crate::integrity::{Expectation, IntegrityError};
 use crate::loaded::{LoadError, LoadedFiles};
 use crate::suite::{Suite, Task};
@@ -36,6 +38,13 @@ pub enum ProbeError {
     /// The suite asks for a task this runner does not run.
     #[error("the suite's task is {0}; this runner runs embedding suites only")]
     UnsupportedTask(Task),
+    /// The suite or the model could not be fetched from the operator, or what it served
+    /// was refused before anything was loaded.
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    /// The suite is not the one the launcher named (its digest differs).
+    #[error("suite refused: {0}")]
+    SuiteDigest(String),
     /// The model's files do not match the attested manifest: it was not loaded.
     #[error("model refused: {0}")]
     Refused(#[from] IntegrityError),
@@ -53,7 +62,11 @@ impl ProbeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ProbeError::Usage(_) | ProbeError::UnsupportedTask(_) => 2,
-            ProbeError::Refused(_) | ProbeError::Load(_) | ProbeError::Model(_) => 1,
+            ProbeError::Fetch(_)
+            | ProbeError::SuiteDigest(_)
+            | ProbeError::Refused(_)
+            | ProbeError::Load(_)
+            | ProbeError::Model(_) => 1,
         }
     }
 }

@@ -90,10 +90,15 @@ impl Poster {
     pub fn new(operator_url: &str, ca_pem: &[u8], token_file: PathBuf) -> Result<Self, PostError> {
         let client =
             Client::new(operator_url, ca_pem, token_file).map_err(|e| PostError::Config(e.0))?;
-        Ok(Self {
+        Ok(Self::with_client(client))
+    }
+
+    /// A poster through `client` (the one the model was fetched with).
+    pub fn with_client(client: Client) -> Self {
+        Self {
             url: client.result_url(),
             client,
-        })
+        }
     }
 
     /// Where results go.

@@ -288,6 +288,11 @@ struct RawProbe {
 const PROPERTY_FIELDS: &str =
     "similarityOrder, similarityAtLeast, similarityAtMost, exact, pattern, label, numericBound";
 
+/// A suite's digest: `sha256:` + the SHA-256 of its bytes exactly as given.
+pub fn digest_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 impl Suite {
     /// Parses and validates a suite from its bytes (YAML; JSON is YAML too).
     pub fn parse(bytes: &[u8]) -> Result<Self, SuiteError> {
@@ -298,7 +303,7 @@ impl Suite {
                 bytes.len()
             )));
         }
-        let digest = format!("sha256:{}", hex::encode(Sha256::digest(bytes)));
+        let digest = digest_of(bytes);
         let text = std::str::from_utf8(bytes).map_err(|e| err(format!("not UTF-8 text: {e}")))?;
         let raw: RawSuite =
             serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))

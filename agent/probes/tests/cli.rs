@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
+use common::operator::{Operator, pod_env};
 use common::{MINILM_MANIFEST_DIGEST, minilm_dir, runner, suite_path};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use lotabots_crds::workload::{RESULT_PATH, WorkloadResult};
 
 /// A small model that the runner hashes but never loads (the digest given is not its).
@@ -98,6 +94,35 @@ fn a_generation_suite_is_refused_as_unsupported() {
 }
 
 #[test]
+fn a_mounted_suite_of_another_digest_is_refused_when_a_digest_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_model(&tmp.path().join("m"));
+    let suite = suite_path("minilm-semantic.yaml");
+    let found = lotabots_probes::suite::digest_of(&std::fs::read(&suite).unwrap());
+    let out = runner()
+        .args(["--no-post", "--model"])
+        .arg(tmp.path().join("m"))
+        .arg("--suite")
+        .arg(&suite)
+        .args([
+            "--manifest-digest",
+            OTHER_DIGEST,
+            "--suite-digest",
+            OTHER_DIGEST,
+        ])
+        .assert()
+        .code(1)
+        .get_output()
+        .clone();
+    let want = format!(
+        "suite refused: {} hashes to {found}, not to the expected suite digest {OTHER_DIGEST}",
+        suite.display()
+    );
+    let result: WorkloadResult = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result.error.as_deref(), Some(want.as_str()));
+}
+
+#[test]
 fn usage_errors_exit_2() {
     runner()
         .args(["--no-post", "--suite", "s.yaml"])
@@ -114,124 +139,16 @@ fn usage_errors_exit_2() {
         ));
 }
 
-/// What the stand-in operator received.
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    authorization: Option<String>,
-    body: Vec<u8>,
-}
-
-/// An HTTPS server on 127.0.0.1 answering every request with `status`; returns its URL,
-/// the CA that issued its certificate (PEM) and what it receives.
-fn operator_stand_in(status: u16) -> (String, String, Arc<Mutex<Vec<Received>>>) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(
-        vec![cert.der().clone()],
-        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr: SocketAddr = listener.local_addr().unwrap();
-    let seen = received.clone();
-    // The server lives as long as the test process; each test starts its own.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                let Ok(stream) = acceptor.accept(tcp).await else {
-                    continue;
-                };
-                let seen = seen.clone();
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let seen = seen.clone();
-                        async move {
-                            let path = req.uri().path().to_owned();
-                            let authorization = req
-                                .headers()
-                                .get(hyper::header::AUTHORIZATION)
-                                .map(|v| v.to_str().unwrap().to_owned());
-                            let body = req.into_body().collect().await?.to_bytes().to_vec();
-                            seen.lock().unwrap().push(Received {
-                                path,
-                                authorization,
-                                body,
-                            });
-                            Ok::<_, hyper::Error>(
-                                hyper::Response::builder()
-                                    .status(status)
-                                    .body(Full::new(Bytes::from_static(
-                                        b"{\"error\":\"x\",\"message\":\"stand-in\"}",
-                                    )))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            }
-        });
-    });
-    (format!("https://{addr}"), ca.pem(), received)
-}
-
-/// The pod's environment as the launcher sets it.
-fn pod_env(
-    cmd: &mut assert_cmd::Command,
-    dir: &Path,
-    url: &str,
-    ca_pem: &str,
-    params: &serde_json::Value,
-) {
-    std::fs::write(dir.join("token"), "pod-bound-token\n").unwrap();
-    std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
-    cmd.env("LOTABOTS_OPERATOR_URL", url)
-        .env("LOTABOTS_TOKEN_FILE", dir.join("token"))
-        .env("LOTABOTS_CA_FILE", dir.join("ca.pem"))
-        .env("LOTABOTS_WORKLOAD_ID", "c0ffee")
-        .env("LOTABOTS_NONCE", "ab".repeat(32))
-        .env("LOTABOTS_NODE", "gpu-node-7")
-        .env("LOTABOTS_WORKLOAD_PARAMS", params.to_string());
-}
-
 #[test]
 fn a_refused_model_is_posted_with_the_pod_token() {
     let tmp = tempfile::tempdir().unwrap();
     fake_model(&tmp.path().join("m"));
-    let (url, ca, received) = operator_stand_in(202);
+    let op = Operator::taking_results(202);
     let mut cmd = runner();
     pod_env(
         &mut cmd,
         tmp.path(),
-        &url,
-        &ca,
+        &op,
         &serde_json::json!({
             "modelDir": tmp.path().join("m"),
             "suite": suite_path("minilm-semantic.yaml"),
@@ -241,7 +158,7 @@ fn a_refused_model_is_posted_with_the_pod_token() {
     cmd.assert()
         .code(1)
         .stderr(predicates::str::contains("result posted to"));
-    let got = received.lock().unwrap().clone();
+    let got = op.received();
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].path, RESULT_PATH);
     assert_eq!(
@@ -262,13 +179,12 @@ fn a_refused_model_is_posted_with_the_pod_token() {
 fn a_refusal_by_the_operator_exits_3() {
     let tmp = tempfile::tempdir().unwrap();
     fake_model(&tmp.path().join("m"));
-    let (url, ca, received) = operator_stand_in(403);
+    let op = Operator::taking_results(403);
     let mut cmd = runner();
     pod_env(
         &mut cmd,
         tmp.path(),
-        &url,
-        &ca,
+        &op,
         &serde_json::json!({
             "modelDir": tmp.path().join("m"),
             "suite": suite_path("minilm-semantic.yaml"),
@@ -278,21 +194,24 @@ fn a_refusal_by_the_operator_exits_3() {
     cmd.assert().code(3).stderr(predicates::str::contains(
         "the operator refused the result (403)",
     ));
-    assert_eq!(received.lock().unwrap().len(), 1);
+    assert_eq!(op.received().len(), 1);
 }
 
 #[test]
 fn an_operator_with_another_ca_is_not_trusted() {
     let tmp = tempfile::tempdir().unwrap();
     fake_model(&tmp.path().join("m"));
-    let (url, _, received) = operator_stand_in(202);
-    let (_, other_ca, _) = operator_stand_in(202);
+    let op = Operator::taking_results(202);
+    // Its URL, another stand-in's CA.
+    let impostor = Operator {
+        ca_pem: Operator::taking_results(202).ca_pem,
+        ..op.clone()
+    };
     let mut cmd = runner();
     pod_env(
         &mut cmd,
         tmp.path(),
-        &url,
-        &other_ca,
+        &impostor,
         &serde_json::json!({
             "modelDir": tmp.path().join("m"),
             "suite": suite_path("minilm-semantic.yaml"),
@@ -302,19 +221,18 @@ fn an_operator_with_another_ca_is_not_trusted() {
     cmd.assert()
         .code(3)
         .stderr(predicates::str::contains("posting to"));
-    assert!(received.lock().unwrap().is_empty());
+    assert!(op.received().is_empty());
 }
 
 #[test]
 fn the_minilm_suite_result_is_posted() {
     let tmp = tempfile::tempdir().unwrap();
-    let (url, ca, received) = operator_stand_in(202);
+    let op = Operator::taking_results(202);
     let mut cmd = runner();
     pod_env(
         &mut cmd,
         tmp.path(),
-        &url,
-        &ca,
+        &op,
         &serde_json::json!({
             "modelDir": minilm_dir(),
             "suite": suite_path("minilm-semantic.yaml"),
@@ -322,7 +240,7 @@ fn the_minilm_suite_result_is_posted() {
         }),
     );
     cmd.assert().code(0);
-    let got = received.lock().unwrap().clone();
+    let got = op.received();
     assert_eq!(got.len(), 1);
     let result: WorkloadResult = serde_json::from_slice(&got[0].body).unwrap();
     assert!(result.passed);

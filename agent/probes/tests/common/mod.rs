@@ -1,7 +1,9 @@
-//! Shared by the integration tests: where the MiniLM model is, and its pinned manifest
-//! digest.
+//! Shared by the integration tests: where the MiniLM model is, its pinned manifest
+//! digest, the runner without its variables, and a stand-in operator ([`operator`]).
 
 #![allow(dead_code)] // each test binary uses part of it
+
+pub mod operator;
 
 use std::path::{Path, PathBuf};
 
@@ -62,9 +64,11 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The variables the runner reads, so a test's command starts from none of them.
-pub const RUNNER_ENV: [&str; 17] = [
+pub const RUNNER_ENV: [&str; 19] = [
+    "LOTABOTS_PROBE_FETCH",
     "LOTABOTS_PROBE_MODEL",
     "LOTABOTS_PROBE_SUITE",
+    "LOTABOTS_SUITE_DIGEST",
     "LOTABOTS_MANIFEST_DIGEST",
     "LOTABOTS_SIGNED_MANIFEST",
     "LOTABOTS_HASH_ALGORITHM",
