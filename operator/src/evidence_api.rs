@@ -108,6 +108,16 @@ impl LatestEvidence {
             .cloned()
     }
 
+    /// The latest evidence of every node.
+    pub fn all(&self) -> Vec<Arc<AcceptedEvidence>> {
+        self.by_node
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// How many nodes have submitted.
     pub fn len(&self) -> usize {
         self.by_node.lock().unwrap_or_else(|e| e.into_inner()).len()

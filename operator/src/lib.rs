@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod backoff;
+pub mod behaviour;
 pub mod certs;
 pub mod challenges;
 pub mod cli;
@@ -13,6 +14,7 @@ pub mod evidence_store;
 pub mod leader;
 pub mod metrics;
 pub mod model_controller;
+pub mod model_files;
 pub mod model_inputs;
 pub mod model_status;
 pub mod run;

@@ -153,6 +153,11 @@ impl ModelMetrics {
         })
     }
 
+    /// Bytes hashed so far.
+    pub fn bytes_hashed(&self) -> u64 {
+        self.bytes_hashed.get()
+    }
+
     /// Counts one judgement.
     pub fn observe(&self, outcome: &Outcome) {
         match outcome {

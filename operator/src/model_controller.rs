@@ -10,31 +10,47 @@
 //! is still fresh for the current generation is not recomputed (the controller's own
 //! status write must not start another hash of the whole model). No finalizer: the controller
 //! leaves nothing outside the object to clean up.
+//!
+//! With `spec.behaviour`, once every other stage passed, the controller requests a probe
+//! pod on an attested node ([`crate::behaviour`]): it writes `status.behaviour` and
+//! registers the request in the [`BehaviourRequests`] the workload API serves the pod
+//! from; the pod's accepted result wakes the controller, which folds it in from the
+//! judgement it keeps in memory (the model is not hashed again for that, nor while the
+//! request waits). A request without result past `timeout` plus two minutes is replaced.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use lotabots_crds::conditions::reason;
-use lotabots_crds::model_attestation::{ModelAttestation, ModelAttestationStatus, Verdict};
+use lotabots_crds::conditions::{self, reason, status as cstatus};
+use lotabots_crds::model_attestation::{
+    BehaviourCheck, BehaviourStatus, ModelAttestation, ModelAttestationStatus, Verdict,
+};
 use lotabots_model::bundle::Bundle;
 use lotabots_model::hashing::HashOptions;
 use lotabots_model::keys::SigningKey;
 use serde_json::json;
 
 use crate::backoff::Backoff;
+use crate::behaviour::{
+    self, BehaviourRequests, CurrentRequest, MAX_SUITE_BYTES, ModelRef, NodeNeed, TIMEOUT_GRACE,
+};
 use crate::controller::FIELD_MANAGER;
+use crate::evidence_api::LatestEvidence;
 use crate::evidence_store::{ModelLog, ModelResult};
 use crate::metrics::ModelMetrics;
-use crate::model_inputs::{self, ModelSettings};
-use crate::model_status::{Blocked, Outcome, build_model_status, statement};
+use crate::model_files::ModelView;
+use crate::model_inputs::{self, Gathered, KeyKind, ModelSettings};
+use crate::model_status::{Behaviour, Blocked, Outcome, build_model_status, statement};
 
 /// The Secret data key of the operator's current token signing key (`tokens::keys`).
 const TOKEN_KEY: &str = "current.pem";
@@ -97,6 +113,29 @@ pub struct Recording {
     pub key: StatementKey,
 }
 
+/// What behavioural checks need: the nodes' accepted evidence (where probe pods may run)
+/// and the registry of requests the workload API serves and files results in.
+#[derive(Clone)]
+pub struct BehaviourWiring {
+    /// The latest accepted evidence per node.
+    pub evidence: Arc<LatestEvidence>,
+    /// The current requests and their results.
+    pub requests: Arc<BehaviourRequests>,
+}
+
+/// What the stages found for a model, kept while its status is fresh so that a
+/// behaviour result or a retry of the node choice does not hash the model again.
+#[derive(Clone)]
+struct Judged {
+    generation: Option<i64>,
+    /// When the stages ran: the status's `verifiedAt`, so that folding a behaviour
+    /// result does not put off the next judgement of the files.
+    at: Timestamp,
+    outcome: Outcome,
+    /// Total bytes of the files a probe pod fetches (when the model was listed).
+    model_bytes: Option<u64>,
+}
+
 /// What reconciles share.
 pub struct Context {
     client: Client,
@@ -105,6 +144,9 @@ pub struct Context {
     failures: Backoff<ModelAttestation>,
     recording: Option<Recording>,
     metrics: ModelMetrics,
+    behaviour: Option<BehaviourWiring>,
+    /// The last judgement of each ModelAttestation with `spec.behaviour`, by UID.
+    judged: Mutex<HashMap<String, Judged>>,
 }
 
 /// Why a reconcile failed (it is retried with backoff).
@@ -138,7 +180,7 @@ impl Error {
 
 /// Runs the controller until `shutdown` resolves; with `recording`, every verdict change
 /// is recorded in the evidence store before the status shows it. Every judgement is
-/// counted in `metrics`.
+/// counted in `metrics`. `spec.behaviour` stays pending (see [`run_with_behaviour`]).
 pub async fn run(
     client: Client,
     settings: ModelSettings,
@@ -147,7 +189,25 @@ pub async fn run(
     metrics: ModelMetrics,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    run_with_behaviour(
+        client, settings, reporter, recording, metrics, None, shutdown,
+    )
+    .await;
+}
+
+/// As [`run`]; with `behaviour`, `spec.behaviour` is carried out (a probe pod requested
+/// on an attested node, its result folded in as soon as it is accepted).
+pub async fn run_with_behaviour(
+    client: Client,
+    settings: ModelSettings,
+    reporter: Reporter,
+    recording: Option<Recording>,
+    metrics: ModelMetrics,
+    behaviour: Option<BehaviourWiring>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<ModelAttestation> = Api::all(client.clone());
+    let wakeups = behaviour.as_ref().and_then(|b| b.requests.wakeups());
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client,
@@ -155,8 +215,17 @@ pub async fn run(
         failures: Backoff::default(),
         recording,
         metrics,
+        behaviour,
+        judged: Mutex::default(),
     });
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    let controller = match wakeups {
+        // `reconcile_on` (one object) is behind an unstable kube feature; reconciling
+        // all is cheap, as every other ModelAttestation's status is still fresh.
+        Some(wakeups) => controller.reconcile_all_on(wakeups.map(|_| ())),
+        None => controller,
+    };
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -216,76 +285,344 @@ fn fresh_for(att: &ModelAttestation, resync: Duration, now: Timestamp) -> Option
 
 async fn apply(att: &ModelAttestation, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
-    if let Some(wait) = fresh_for(att, ctx.settings.resync, now) {
-        return Ok(Action::requeue(wait));
+    let fresh = fresh_for(att, ctx.settings.resync, now);
+    if let Some(wait) = fresh {
+        match behaviour_due(att, ctx, now) {
+            None => return Ok(Action::requeue(wait)),
+            Some(due) if !due.is_zero() => return Ok(Action::requeue(wait.min(due))),
+            Some(_) => {}
+        }
     }
-    let outcome = judge(att, ctx).await?;
-    ctx.metrics.observe(&outcome);
-    let status = build_model_status(
+    let uid = att.uid().unwrap_or_default();
+    let cached = fresh.and_then(|_| {
+        ctx.judged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .filter(|j| j.generation == att.metadata.generation)
+            .cloned()
+    });
+    let judged = match cached {
+        Some(judged) => judged,
+        None => {
+            let judged = judge(att, ctx).await?;
+            ctx.metrics.observe(&judged.outcome);
+            let mut cache = ctx.judged.lock().unwrap_or_else(|e| e.into_inner());
+            if att.spec.behaviour.is_some() {
+                cache.insert(uid.clone(), judged.clone());
+            } else {
+                cache.remove(&uid);
+            }
+            judged
+        }
+    };
+    let outcome = &judged.outcome;
+    let behaviour = match (&att.spec.behaviour, outcome) {
+        (None, _) => Behaviour::NotRequested,
+        (Some(check), Outcome::Judged(report)) if static_stages_passed(report) => {
+            plan_behaviour(att, check, report, judged.model_bytes, ctx, now).await?
+        }
+        _ => Behaviour::Waiting,
+    };
+    if !matches!(behaviour, Behaviour::Requested { .. })
+        && let Some(wiring) = &ctx.behaviour
+    {
+        wiring.requests.forget(&uid);
+    }
+    let mut status = build_model_status(
         att.metadata.generation,
         att.status.as_ref(),
-        &outcome,
-        att.spec.behaviour.is_some(),
+        outcome,
+        &behaviour,
         now,
     );
+    status.verified_at = Some(Time(judged.at));
     if verdict_changed(att.status.as_ref(), &status) {
-        if let Outcome::Judged(report) = &outcome {
+        if let Outcome::Judged(report) = outcome {
             record(att, report, &status, ctx).await?;
         }
         publish(att, &status, ctx).await;
     }
     patch_status(ctx, att, &status).await?;
-    Ok(Action::requeue(match outcome {
-        Outcome::Blocked(_) => ctx.settings.resync.min(BLOCKED_RETRY),
-        Outcome::Judged(_) => ctx.settings.resync,
-    }))
+    let next = match (outcome, &behaviour) {
+        (Outcome::Blocked(_), _) | (_, Behaviour::Blocked { .. }) => BLOCKED_RETRY,
+        (_, Behaviour::Requested { request, .. }) if request.result.is_none() => {
+            let check = att.spec.behaviour.as_ref().expect("a request has a spec");
+            until(request_deadline(request, check), now).max(Duration::from_secs(1))
+        }
+        _ => ctx.settings.resync,
+    };
+    Ok(Action::requeue(next.min(ctx.settings.resync)))
+}
+
+/// Whether every stage the model controller runs itself passed (or was not asked for):
+/// only then is a probe pod worth requesting.
+fn static_stages_passed(report: &lotabots_model::attest::Report) -> bool {
+    report
+        .stages
+        .iter()
+        .all(|s| crate::model_status::stage_status(s) == cstatus::TRUE)
+}
+
+/// When the last request, made at `requested_at`, is given up on.
+fn request_deadline(request: &BehaviourStatus, check: &BehaviourCheck) -> Timestamp {
+    let timeout = lotabots_crds::gpu_attestation::parse_duration(&check.timeout)
+        .unwrap_or(lotabots_crds::model_attestation::MAX_BEHAVIOUR_TIMEOUT);
+    let span = jiff::SignedDuration::try_from(timeout + TIMEOUT_GRACE)
+        .unwrap_or(jiff::SignedDuration::MAX);
+    request
+        .requested_at
+        .0
+        .checked_add(span)
+        .unwrap_or(Timestamp::MAX)
+}
+
+/// How long from `now` until `t` (zero when past).
+fn until(t: Timestamp, now: Timestamp) -> Duration {
+    let d = t.duration_since(now);
+    if d.is_negative() {
+        Duration::ZERO
+    } else {
+        d.unsigned_abs()
+    }
+}
+
+/// While the static stages' status is fresh, how soon the behavioural check needs a
+/// reconcile anyway: at once when a result for the current request waits to be folded
+/// or the request is not in the registry (a restart), at its deadline while it waits,
+/// soon when no request could be made. `None`: nothing to do before the resync.
+fn behaviour_due(att: &ModelAttestation, ctx: &Context, now: Timestamp) -> Option<Duration> {
+    let check = att.spec.behaviour.as_ref()?;
+    let status = att.status.as_ref()?;
+    let wiring = ctx.behaviour.as_ref()?;
+    match &status.behaviour {
+        Some(b) if b.result.is_some() => None,
+        Some(b) => {
+            if wiring.requests.get(&b.request_id).is_none()
+                || wiring.requests.result(&b.request_id).is_some()
+            {
+                Some(Duration::ZERO)
+            } else {
+                Some(until(request_deadline(b, check), now))
+            }
+        }
+        None => {
+            let blocked = status.conditions.iter().any(|c| {
+                c.type_ == conditions::BEHAVIOUR
+                    && (c.reason == reason::NO_ATTESTED_NODE
+                        || c.reason == reason::REFERENCE_NOT_FOUND)
+            });
+            let since = status.verified_at.as_ref()?.0;
+            blocked.then(|| until(since + BLOCKED_RETRY, now))
+        }
+    }
+}
+
+/// The behavioural check of a model whose other stages passed: the current request
+/// kept (with its result folded in once accepted) while the manifest, the suite and the
+/// generation are unchanged and it has not timed out; otherwise a new request on the
+/// node [`behaviour::choose_node`] picks.
+async fn plan_behaviour(
+    att: &ModelAttestation,
+    check: &BehaviourCheck,
+    report: &lotabots_model::attest::Report,
+    model_bytes: Option<u64>,
+    ctx: &Context,
+    now: Timestamp,
+) -> Result<Behaviour, Error> {
+    let Some(wiring) = &ctx.behaviour else {
+        return Ok(Behaviour::Blocked {
+            status: cstatus::UNKNOWN,
+            reason: reason::PENDING,
+            message: "this operator process does not serve probe pods".into(),
+        });
+    };
+    let namespace = att.namespace().unwrap_or_default();
+    let suite = match model_inputs::read_key(
+        &ctx.client,
+        &namespace,
+        KeyKind::ConfigMap,
+        &check.probes,
+        MAX_SUITE_BYTES,
+    )
+    .await?
+    {
+        Ok(suite) => suite,
+        Err(message) => {
+            return Ok(Behaviour::Blocked {
+                status: cstatus::FALSE,
+                reason: reason::REFERENCE_NOT_FOUND,
+                message: format!("spec.behaviour.probes: {message}"),
+            });
+        }
+    };
+    let suite_digest = behaviour::sha256_digest(&suite);
+    let manifest_digest = report.manifest_digest.clone().unwrap_or_default();
+    let generation = att.metadata.generation;
+    let model = ModelRef {
+        namespace,
+        name: att.name_any(),
+        uid: att.uid().unwrap_or_default(),
+    };
+    let register = |request: &BehaviourStatus| {
+        wiring.requests.register(CurrentRequest {
+            id: request.request_id.clone(),
+            model: model.clone(),
+            node: request.node.clone(),
+            nonce: request.nonce.clone(),
+            manifest_digest: request.manifest_digest.clone(),
+            suite_digest: request.suite_digest.clone(),
+            suite: suite.clone().into(),
+            spec: att.spec.clone(),
+        });
+    };
+    let previous = att
+        .status
+        .as_ref()
+        .filter(|s| s.observed_generation == generation)
+        .and_then(|s| s.behaviour.as_ref())
+        .filter(|b| b.manifest_digest == manifest_digest && b.suite_digest == suite_digest);
+    let mut timed_out = None;
+    if let Some(previous) = previous {
+        let mut request = previous.clone();
+        if request.result.is_none()
+            && let Some(accepted) = wiring.requests.result(&request.request_id)
+        {
+            request.result = Some(accepted.to_status());
+        }
+        if request.result.is_some() || now < request_deadline(&request, check) {
+            register(&request);
+            return Ok(Behaviour::Requested {
+                request,
+                timed_out: None,
+            });
+        }
+        timed_out = Some(request.request_id);
+    }
+    let attested = if check.attested_nodes_only {
+        attested_nodes(&ctx.client).await?
+    } else {
+        BTreeSet::new()
+    };
+    let chosen = match behaviour::choose_node(
+        &model.uid,
+        &NodeNeed::from(check),
+        &wiring.evidence.all(),
+        &attested,
+        now,
+    ) {
+        Ok(chosen) => chosen,
+        Err(message) => {
+            let message = match &timed_out {
+                Some(old) => format!("request {old} timed out without a result; {message}"),
+                None => message,
+            };
+            return Ok(Behaviour::Blocked {
+                status: cstatus::UNKNOWN,
+                reason: reason::NO_ATTESTED_NODE,
+                message,
+            });
+        }
+    };
+    let nonce = chosen.evidence.nonce.clone();
+    let request = BehaviourStatus {
+        request_id: behaviour::request_id(&[
+            &model.uid,
+            &generation.unwrap_or_default().to_string(),
+            &manifest_digest,
+            &suite_digest,
+            &chosen.node,
+            &nonce,
+        ]),
+        node: chosen.node.clone(),
+        nonce,
+        evidence_digest: chosen.digest.clone(),
+        manifest_digest,
+        suite_digest,
+        model_bytes: model_bytes.unwrap_or_default(),
+        requested_at: Time(now),
+        result: None,
+    };
+    register(&request);
+    tracing::info!(
+        attestation = %model.name,
+        namespace = %model.namespace,
+        request = %request.request_id,
+        node = %request.node,
+        "behaviour probes requested"
+    );
+    Ok(Behaviour::Requested { request, timed_out })
+}
+
+/// The nodes the GpuAttestation controller labelled attested.
+async fn attested_nodes(client: &Client) -> Result<BTreeSet<String>, Error> {
+    let selector = format!("{}=true", lotabots_crds::labels::GPU_ATTESTED);
+    let nodes = Api::<Node>::all(client.clone())
+        .list_metadata(&ListParams::default().labels(&selector))
+        .await?;
+    Ok(nodes.items.into_iter().map(|n| n.name_any()).collect())
 }
 
 /// Gathers the inputs (the trust through the API) and runs the stages on a blocking
 /// thread: hashing a model reads every byte of it.
-async fn judge(att: &ModelAttestation, ctx: &Context) -> Result<Outcome, Error> {
+async fn judge(att: &ModelAttestation, ctx: &Context) -> Result<Judged, Error> {
+    let generation = att.metadata.generation;
+    let at = Timestamp::now();
+    let judged = move |outcome, model_bytes| Judged {
+        generation,
+        at,
+        outcome,
+        model_bytes,
+    };
     if let Err(errors) = att.spec.validate() {
         let message = errors
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join("; ");
-        return Ok(Outcome::Blocked(Blocked {
-            stage: None,
-            reason: reason::INVALID_SPEC,
-            message,
-            verdict: Verdict::Unknown,
-        }));
+        return Ok(judged(
+            Outcome::Blocked(Blocked {
+                stage: None,
+                reason: reason::INVALID_SPEC,
+                message,
+                verdict: Verdict::Unknown,
+            }),
+            None,
+        ));
     }
     let namespace = att.namespace().unwrap_or_default();
-    let trust = match model_inputs::read_trust(&ctx.client, &namespace, &att.spec).await? {
-        Ok(trust) => trust,
-        Err(blocked) => return Ok(Outcome::Blocked(blocked)),
+    let gathered = match Gathered::read(&ctx.client, &namespace, &att.spec).await? {
+        Ok(gathered) => gathered,
+        Err(blocked) => return Ok(judged(Outcome::Blocked(blocked), None)),
     };
-    let access = match model_inputs::read_access(&ctx.client, &namespace, &att.spec).await? {
-        Ok(access) => access,
-        Err(blocked) => return Ok(Outcome::Blocked(blocked)),
-    };
-    let spec = att.spec.clone();
+    let list_files = att.spec.behaviour.is_some();
     let root = ctx.settings.model_root.clone();
     // Object-store reads block on this runtime from the blocking thread (and the rayon
     // threads it starts), never from a worker.
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let found = model_inputs::inputs(&root, &namespace, &spec, trust, access.as_ref(), &handle);
-        let (model, inputs) = match found {
+        let (model, inputs) = match gathered.inputs(&root, &handle) {
             Ok(found) => found,
-            Err(blocked) => return Outcome::Blocked(blocked),
+            Err(blocked) => return judged(Outcome::Blocked(blocked), None),
         };
         match lotabots_model::attest::run_stages(&model, &inputs, &HashOptions::default()) {
-            Ok(report) => Outcome::Judged(report),
+            Ok(report) => {
+                // What a probe pod will fetch, to size its scratch volume.
+                let bytes = (list_files && static_stages_passed(&report))
+                    .then(|| ModelView::list(&inputs).ok().map(|v| v.bytes()))
+                    .flatten();
+                judged(Outcome::Judged(report), bytes)
+            }
             // What is left unusable once the inputs are gathered is the signature bundle.
-            Err(e) => Outcome::Blocked(Blocked {
-                stage: Some(lotabots_crds::conditions::SIGNATURE_VERIFIED),
-                reason: reason::SIGNATURE_INVALID,
-                message: e.to_string(),
-                verdict: Verdict::Failed,
-            }),
+            Err(e) => judged(
+                Outcome::Blocked(Blocked {
+                    stage: Some(lotabots_crds::conditions::SIGNATURE_VERIFIED),
+                    reason: reason::SIGNATURE_INVALID,
+                    message: e.to_string(),
+                    verdict: Verdict::Failed,
+                }),
+                None,
+            ),
         }
     })
     .await
@@ -311,8 +648,18 @@ async fn record(
     let Some(recording) = &ctx.recording else {
         return Ok(());
     };
+    // Every probe outcome as posted (the status keeps a bounded list).
+    let accepted = status.behaviour.as_ref().and_then(|b| {
+        ctx.behaviour
+            .as_ref()
+            .and_then(|w| w.requests.result(&b.request_id))
+    });
+    let probes = accepted
+        .as_ref()
+        .and_then(|a| a.result.probes.as_ref())
+        .map(|p| p.probes.as_slice());
     let (Some(statement), Some(digest), Some(verdict)) = (
-        statement(att, report, status),
+        statement(att, report, status, probes),
         status.manifest_digest.clone(),
         status.verdict,
     ) else {
@@ -396,7 +743,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::test_api::{api_server, requests};
+    use crate::test_api::{Seen, api_server, requests};
 
     /// A model log in memory: what was recorded, or a failure on demand.
     #[derive(Default)]
@@ -465,6 +812,8 @@ mod tests {
                 key: StatementKey::Fixed(key.clone()),
             }),
             metrics: ModelMetrics::register(&prometheus::Registry::new()).unwrap(),
+            behaviour: None,
+            judged: Mutex::default(),
         };
         (ctx, key)
     }
@@ -659,5 +1008,270 @@ mod tests {
         let shown = format!("{:?}", StatementKey::Fixed(Arc::new(key)));
         let secret_line = pem.lines().nth(1).unwrap();
         assert!(!shown.contains(secret_line), "{shown}");
+    }
+
+    /// The probe suite's ConfigMap and the attested node, as the API server answers them.
+    fn behaviour_objects(method: &str, path: &str) -> Option<serde_json::Value> {
+        match (method, path) {
+            ("GET", "/api/v1/namespaces/team/configmaps/probes") => Some(json!({
+                "apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "probes", "namespace": "team"},
+                "data": {"suite.yaml": "probes: []\n"}
+            })),
+            ("GET", "/api/v1/nodes") => Some(json!({
+                "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                "metadata": {},
+                "items": [{
+                    "apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                    "metadata": {"name": "node-a", "labels": {"lotabots.io/gpu-attested": "true"}}
+                }]
+            })),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_behaviour_request_is_made_and_its_result_folded_without_rehashing() {
+        let (dir, mut att) = model();
+        att.metadata.uid = Some("ma-uid".into());
+        att.spec.behaviour = Some(
+            serde_json::from_value(json!({
+                "image": "probes@sha256:00",
+                "probes": {"name": "probes", "key": "suite.yaml"}
+            }))
+            .unwrap(),
+        );
+        let (client, seen) = crate::test_api::api_server_answering(
+            serde_json::to_value(&att).unwrap(),
+            |_, _| None,
+            behaviour_objects,
+        );
+        let log = Arc::new(MemoryLog::default());
+        let (mut ctx, key) = context(client, Some(log.clone()));
+        let evidence = Arc::new(LatestEvidence::default());
+        let node = crate::behaviour::tests::evidence("node-a", Timestamp::now(), 1, &[]);
+        crate::evidence_api::EvidenceSink::accept(&*evidence, (*node).clone());
+        let registry = Arc::new(BehaviourRequests::default());
+        ctx.behaviour = Some(BehaviourWiring {
+            evidence,
+            requests: registry.clone(),
+        });
+
+        apply(&att, &ctx).await.unwrap();
+        let patches = requests(
+            &seen,
+            "PATCH",
+            "/namespaces/team/modelattestations/m/status",
+        );
+        assert_eq!(patches.len(), 1, "{seen:?}");
+        let pending: ModelAttestationStatus =
+            serde_json::from_value(patches[0]["status"].clone()).unwrap();
+        assert_eq!(pending.verdict, Some(Verdict::Unknown));
+        let request = pending.behaviour.clone().unwrap();
+        assert_eq!(request.node, "node-a");
+        assert_eq!(request.nonce, node.evidence.nonce);
+        assert_eq!(request.evidence_digest, node.digest);
+        assert_eq!(
+            request.suite_digest,
+            behaviour::sha256_digest(b"probes: []\n")
+        );
+        assert_eq!(
+            request.model_bytes,
+            std::fs::metadata(dir.path().join("model.safetensors"))
+                .unwrap()
+                .len()
+        );
+        assert_eq!(
+            Some(request.manifest_digest.clone()),
+            pending.manifest_digest
+        );
+        let registered = registry.get(&request.request_id).unwrap();
+        assert_eq!(registered.model.uid, "ma-uid");
+        assert_eq!(&*registered.suite, b"probes: []\n");
+
+        // Nothing new while the request waits: no patch.
+        att.status = Some(pending);
+        apply(&att, &ctx).await.unwrap();
+        assert_eq!(requests(&seen, "PATCH", "/status").len(), 1);
+
+        // The pod's result wakes the controller, which folds it at once.
+        let result = lotabots_crds::workload::WorkloadResult {
+            schema_version: lotabots_crds::workload::RESULT_SCHEMA_VERSION.into(),
+            request_id: request.request_id.clone(),
+            kind: lotabots_crds::workload::WorkloadKind::BehaviourProbes,
+            nonce: request.nonce.clone(),
+            node: "node-a".into(),
+            started_at: Timestamp::now(),
+            finished_at: Timestamp::now(),
+            passed: true,
+            error: None,
+            self_test: None,
+            probes: Some(lotabots_crds::workload::ProbeReport {
+                suite_digest: request.suite_digest.clone(),
+                manifest_digest: request.manifest_digest.clone(),
+                device: "cpu".into(),
+                probes: vec![lotabots_crds::workload::ProbeOutcome {
+                    name: "capital".into(),
+                    passed: true,
+                    detail: "Paris".into(),
+                }],
+            }),
+        };
+        registry
+            .accept(
+                &request.request_id,
+                behaviour::AcceptedProbes {
+                    pod: "lotabots-workloads/p".into(),
+                    result,
+                    received_at: Timestamp::now(),
+                },
+            )
+            .unwrap();
+        let bytes_before = ctx.metrics.bytes_hashed();
+        apply(&att, &ctx).await.unwrap();
+        assert_eq!(
+            ctx.metrics.bytes_hashed(),
+            bytes_before,
+            "the model is not hashed again"
+        );
+        let patches = requests(&seen, "PATCH", "/status");
+        assert_eq!(patches.len(), 2);
+        let folded: ModelAttestationStatus =
+            serde_json::from_value(patches[1]["status"].clone()).unwrap();
+        assert_eq!(folded.verdict, Some(Verdict::Attested), "{folded:?}");
+        assert_eq!(
+            folded.verified_at,
+            att.status.as_ref().unwrap().verified_at,
+            "folding a result does not put off the next judgement of the files"
+        );
+        let result = folded.behaviour.as_ref().unwrap().result.as_ref().unwrap();
+        assert!(result.passed);
+        assert_eq!(result.probes[0].name, "capital");
+        let recorded = log.recorded.lock().unwrap();
+        let (payload, _) = recorded
+            .last()
+            .unwrap()
+            .1
+            .verify_payload(&lotabots_model::bundle::Trust::PublicKey(key.public_key()))
+            .unwrap();
+        let statement: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(statement["predicate"]["verdict"], "Attested");
+        assert_eq!(
+            statement["predicate"]["behaviour"]["requestId"],
+            json!(request.request_id)
+        );
+        assert_eq!(
+            statement["predicate"]["behaviour"]["probes"][0]["detail"],
+            "Paris"
+        );
+    }
+
+    /// A model with `spec.behaviour`, a context that serves it, and node-a's evidence.
+    fn behaviour_setup(
+        fail: fn(&str, &str) -> Option<u16>,
+    ) -> (tempfile::TempDir, ModelAttestation, Context, Seen) {
+        let (dir, mut att) = model();
+        att.metadata.uid = Some("ma-uid".into());
+        att.spec.behaviour = Some(
+            serde_json::from_value(json!({
+                "image": "probes@sha256:00",
+                "probes": {"name": "probes", "key": "suite.yaml"},
+                "timeout": "10m"
+            }))
+            .unwrap(),
+        );
+        let (client, seen) = crate::test_api::api_server_answering(
+            serde_json::to_value(&att).unwrap(),
+            fail,
+            behaviour_objects,
+        );
+        let (mut ctx, _) = context(client, None);
+        let evidence = Arc::new(LatestEvidence::default());
+        let node = crate::behaviour::tests::evidence("node-a", Timestamp::now(), 1, &[]);
+        crate::evidence_api::EvidenceSink::accept(&*evidence, (*node).clone());
+        ctx.behaviour = Some(BehaviourWiring {
+            evidence,
+            requests: Arc::default(),
+        });
+        (dir, att, ctx, seen)
+    }
+
+    fn behaviour_condition(status: &serde_json::Value) -> serde_json::Value {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Behaviour")
+            .unwrap()
+            .clone()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_result_past_its_timeout_is_replaced() {
+        let (_dir, mut att, ctx, seen) = behaviour_setup(|_, _| None);
+        apply(&att, &ctx).await.unwrap();
+        let first: ModelAttestationStatus =
+            serde_json::from_value(requests(&seen, "PATCH", "/status")[0]["status"].clone())
+                .unwrap();
+        let mut stale = first.clone();
+        let old = stale.behaviour.as_mut().unwrap();
+        old.request_id = "0".repeat(32);
+        // 10m timeout + 2m grace, and a little more.
+        old.requested_at = Time(Timestamp::now() - jiff::SignedDuration::from_secs(13 * 60));
+        att.status = Some(stale);
+        apply(&att, &ctx).await.unwrap();
+        let patches = requests(&seen, "PATCH", "/status");
+        assert_eq!(patches.len(), 2);
+        let status = &patches[1]["status"];
+        let c = behaviour_condition(status);
+        assert_eq!(c["status"], "Unknown");
+        assert_eq!(c["reason"], "TimedOut");
+        let message = c["message"].as_str().unwrap();
+        assert!(message.contains(&"0".repeat(32)), "{message}");
+        assert!(message.contains("requested on node node-a"), "{message}");
+        assert_ne!(status["behaviour"]["requestId"], json!("0".repeat(32)));
+        assert_eq!(status["verdict"], "Unknown");
+        let requests_now = &ctx.behaviour.as_ref().unwrap().requests;
+        assert!(requests_now.get(&"0".repeat(32)).is_none());
+        assert_eq!(requests_now.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_missing_suite_or_node_blocks_the_check_and_is_retried_soon() {
+        let (_dir, att, ctx, seen) =
+            behaviour_setup(|m, p| (m == "GET" && p.contains("/configmaps/")).then_some(404));
+        assert_eq!(
+            apply(&att, &ctx).await.unwrap(),
+            Action::requeue(BLOCKED_RETRY)
+        );
+        let status = &requests(&seen, "PATCH", "/status")[0]["status"];
+        let c = behaviour_condition(status);
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("False"), Some("ReferenceNotFound"))
+        );
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("ConfigMap team/probes does not exist"),
+            "{c}"
+        );
+        assert_eq!(status["verdict"], "Unknown");
+        assert!(status.get("behaviour").is_none());
+
+        let (_dir, mut att, ctx, seen) = behaviour_setup(|_, _| None);
+        att.spec.behaviour.as_mut().unwrap().gpu_count = Some(4);
+        assert_eq!(
+            apply(&att, &ctx).await.unwrap(),
+            Action::requeue(BLOCKED_RETRY)
+        );
+        let status = &requests(&seen, "PATCH", "/status")[0]["status"];
+        let c = behaviour_condition(status);
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("Unknown"), Some("NoAttestedNode"))
+        );
+        assert!(c["message"].as_str().unwrap().contains("4 GPU(s)"), "{c}");
     }
 }

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use lotabots_crds::conditions::{self, reason};
-use lotabots_crds::model_attestation::{KeyReference, ModelAttestationSpec, Verdict};
+use lotabots_crds::model_attestation::{KeyReference, KeySelector, ModelAttestationSpec, Verdict};
 use lotabots_model::attest::{InputError, Inputs, default_signature, locate_bundle};
 use lotabots_model::bundle::Trust;
 use lotabots_model::chain::certificates_from_pem;
@@ -100,62 +100,153 @@ async fn read_reference(
     namespace: &str,
     r: &KeyReference,
 ) -> Result<Result<String, String>, kube::Error> {
+    let (kind, selector) = match (&r.config_map_key_ref, &r.secret_key_ref) {
+        (Some(s), _) => (KeyKind::ConfigMap, s),
+        (None, Some(s)) => (KeyKind::Secret, s),
+        (None, None) => {
+            return Ok(Err(
+                "sets neither secretKeyRef nor configMapKeyRef".to_owned()
+            ));
+        }
+    };
+    Ok(read_key(client, namespace, kind, selector, MAX_PEM_BYTES)
+        .await?
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                format!(
+                    "{kind} {namespace}/{} key {:?} is not PEM text",
+                    selector.name, selector.key
+                )
+            })
+        }))
+}
+
+/// Where a key is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyKind {
+    /// A ConfigMap (`data` or `binaryData`).
+    ConfigMap,
+    /// A Secret.
+    Secret,
+}
+
+impl std::fmt::Display for KeyKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ConfigMap => "ConfigMap",
+            Self::Secret => "Secret",
+        })
+    }
+}
+
+/// The bytes of one key of a ConfigMap or Secret in `namespace`, at most `max` of them;
+/// `Ok(Err(_))` names what is missing, too large, or not readable by the operator.
+pub async fn read_key(
+    client: &Client,
+    namespace: &str,
+    kind: KeyKind,
+    s: &KeySelector,
+    max: usize,
+) -> Result<Result<Vec<u8>, String>, kube::Error> {
     // A refusal is the cluster's configuration, not a passing fault: say so in the status
     // rather than retrying for ever.
-    let forbidden = |kind: &str, name: &str| {
+    let forbidden = || {
         format!(
-            "the operator may not read {kind} {namespace}/{name}: grant its ServiceAccount get on {kind}s in this namespace"
+            "the operator may not read {kind} {namespace}/{}: grant its ServiceAccount get on {kind}s in this namespace",
+            s.name
         )
     };
-    let (kind, name, key, value) = if let Some(s) = &r.config_map_key_ref {
-        let cm = match Api::<ConfigMap>::namespaced(client.clone(), namespace)
-            .get_opt(&s.name)
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                return Ok(Err(forbidden("ConfigMap", &s.name)));
-            }
-            other => other?,
-        };
-        let value = cm.as_ref().and_then(|cm| {
-            cm.data
-                .as_ref()
-                .and_then(|d| d.get(&s.key).map(|v| v.as_bytes().to_vec()))
-                .or_else(|| {
-                    cm.binary_data
-                        .as_ref()
-                        .and_then(|d| d.get(&s.key).map(|v| v.0.clone()))
-                })
-        });
-        ("ConfigMap", &s.name, &s.key, cm.map(|_| value))
-    } else if let Some(s) = &r.secret_key_ref {
-        let secret = match Api::<Secret>::namespaced(client.clone(), namespace)
-            .get_opt(&s.name)
-            .await
-        {
-            Err(kube::Error::Api(e)) if e.code == 403 => {
-                return Ok(Err(forbidden("Secret", &s.name)));
-            }
-            other => other?,
-        };
-        let value = secret
-            .as_ref()
-            .and_then(|sec| sec.data.as_ref()?.get(&s.key).map(|v| v.0.clone()));
-        ("Secret", &s.name, &s.key, secret.map(|_| value))
-    } else {
-        return Ok(Err(
-            "sets neither secretKeyRef nor configMapKeyRef".to_owned()
-        ));
+    let value = match kind {
+        KeyKind::ConfigMap => {
+            let cm = match Api::<ConfigMap>::namespaced(client.clone(), namespace)
+                .get_opt(&s.name)
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 403 => return Ok(Err(forbidden())),
+                other => other?,
+            };
+            cm.map(|cm| {
+                cm.data
+                    .as_ref()
+                    .and_then(|d| d.get(&s.key).map(|v| v.as_bytes().to_vec()))
+                    .or_else(|| {
+                        cm.binary_data
+                            .as_ref()
+                            .and_then(|d| d.get(&s.key).map(|v| v.0.clone()))
+                    })
+            })
+        }
+        KeyKind::Secret => {
+            let secret = match Api::<Secret>::namespaced(client.clone(), namespace)
+                .get_opt(&s.name)
+                .await
+            {
+                Err(kube::Error::Api(e)) if e.code == 403 => return Ok(Err(forbidden())),
+                other => other?,
+            };
+            secret.map(|sec| {
+                sec.data
+                    .as_ref()
+                    .and_then(|d| d.get(&s.key).map(|v| v.0.clone()))
+            })
+        }
     };
+    let (name, key) = (&s.name, &s.key);
     Ok(match value {
         None => Err(format!("{kind} {namespace}/{name} does not exist")),
         Some(None) => Err(format!("{kind} {namespace}/{name} has no key {key:?}")),
-        Some(Some(bytes)) if bytes.len() > MAX_PEM_BYTES => Err(format!(
-            "{kind} {namespace}/{name} key {key:?} is larger than {MAX_PEM_BYTES} bytes"
+        Some(Some(bytes)) if bytes.len() > max => Err(format!(
+            "{kind} {namespace}/{name} key {key:?} is larger than {max} bytes"
         )),
-        Some(Some(bytes)) => String::from_utf8(bytes)
-            .map_err(|_| format!("{kind} {namespace}/{name} key {key:?} is not PEM text")),
+        Some(Some(bytes)) => Ok(bytes),
     })
+}
+
+/// What the stages need from the API before they can run: the trust of
+/// `spec.signature` and the access to an object store, read from `namespace`.
+#[derive(Debug)]
+pub struct Gathered {
+    namespace: String,
+    spec: ModelAttestationSpec,
+    trust: Option<Trust>,
+    access: Option<Access>,
+}
+
+impl Gathered {
+    /// Reads the trust and the access `spec` names; `Ok(Err(_))` names what is missing.
+    pub async fn read(
+        client: &Client,
+        namespace: &str,
+        spec: &ModelAttestationSpec,
+    ) -> Result<Result<Self, Blocked>, kube::Error> {
+        let trust = match read_trust(client, namespace, spec).await? {
+            Ok(trust) => trust,
+            Err(blocked) => return Ok(Err(blocked)),
+        };
+        let access = match read_access(client, namespace, spec).await? {
+            Ok(access) => access,
+            Err(blocked) => return Ok(Err(blocked)),
+        };
+        Ok(Ok(Self {
+            namespace: namespace.to_owned(),
+            spec: spec.clone(),
+            trust,
+            access,
+        }))
+    }
+
+    /// The model's name and the stages' inputs ([`inputs`]): blocks, run it on a
+    /// blocking thread.
+    pub fn inputs(self, model_root: &Path, handle: &Handle) -> Result<(String, Inputs), Blocked> {
+        inputs(
+            model_root,
+            &self.namespace,
+            &self.spec,
+            self.trust,
+            self.access.as_ref(),
+            handle,
+        )
+    }
 }
 
 /// Largest credentials Secret value read.

@@ -9,8 +9,9 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use lotabots_crds::conditions::{self, reason, status as cstatus};
 use lotabots_crds::model_attestation::{
-    MAX_MODEL_REASONS, ModelAttestation, ModelAttestationStatus, Verdict,
+    BehaviourStatus, MAX_MODEL_REASONS, ModelAttestation, ModelAttestationStatus, Verdict,
 };
+use lotabots_crds::workload::ProbeOutcome;
 use lotabots_model::attest::{Report, StageResult, StageStatus};
 use serde_json::json;
 
@@ -58,14 +59,144 @@ impl Blocked {
     }
 }
 
-/// The status for `outcome`, keeping each condition's transition time unless its status
-/// changed since `previous`. `behaviour_requested`: `spec.behaviour` is set (behavioural
-/// checks do not run yet, so the verdict cannot be `Attested` then).
+/// Where the behavioural check stands.
+// One per reconcile: boxing the request would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Behaviour {
+    /// `spec.behaviour` is unset.
+    NotRequested,
+    /// Requested, but not every other stage passed: no probe pod is asked for.
+    Waiting,
+    /// No request could be made: a missing probe suite (`False`, `ReferenceNotFound`) or
+    /// no eligible node (`Unknown`, `NoAttestedNode`).
+    Blocked {
+        /// The condition status.
+        status: &'static str,
+        /// The condition reason.
+        reason: &'static str,
+        /// What is missing, naming it.
+        message: String,
+    },
+    /// The current request, its result folded in when there is one.
+    Requested {
+        /// The request.
+        request: BehaviourStatus,
+        /// The id of the request this one replaced because it timed out.
+        timed_out: Option<String>,
+    },
+}
+
+/// The `Behaviour` condition (status, reason, message), the reasons it adds to the
+/// verdict, and whether it passed (`Some(true)`), failed (`Some(false)`) or is open.
+fn behaviour_condition(
+    b: &Behaviour,
+) -> (
+    (&'static str, &'static str, String),
+    Vec<String>,
+    Option<bool>,
+) {
+    let stage = conditions::BEHAVIOUR;
+    match b {
+        Behaviour::NotRequested => (
+            (
+                cstatus::TRUE,
+                reason::NOT_REQUESTED,
+                "spec.behaviour is unset".into(),
+            ),
+            Vec::new(),
+            Some(true),
+        ),
+        Behaviour::Waiting => (
+            (
+                cstatus::UNKNOWN,
+                reason::PENDING,
+                "not run: the probes run once every other stage passed".into(),
+            ),
+            Vec::new(),
+            None,
+        ),
+        Behaviour::Blocked {
+            status,
+            reason,
+            message,
+        } => (
+            (status, reason, message.clone()),
+            vec![format!("{stage}: {message}")],
+            None,
+        ),
+        Behaviour::Requested { request, timed_out } => match &request.result {
+            None => {
+                let asked = format!(
+                    "probe pod {}-{} requested on node {}",
+                    lotabots_crds::workload::WorkloadKind::BehaviourProbes.as_str(),
+                    request.request_id,
+                    request.node
+                );
+                match timed_out {
+                    Some(old) => {
+                        let message = format!("request {old} timed out without a result; {asked}");
+                        (
+                            (cstatus::UNKNOWN, reason::TIMED_OUT, message.clone()),
+                            vec![format!("{stage}: {message}")],
+                            None,
+                        )
+                    }
+                    None => ((cstatus::UNKNOWN, reason::PENDING, asked), Vec::new(), None),
+                }
+            }
+            Some(result) if result.passed => (
+                (
+                    cstatus::TRUE,
+                    reason::PROBES_PASSED,
+                    format!(
+                        "{} probe(s) passed on node {} ({})",
+                        result.probes.len(),
+                        request.node,
+                        result.device.as_deref().unwrap_or("unknown device")
+                    ),
+                ),
+                Vec::new(),
+                Some(true),
+            ),
+            Some(result) => {
+                let mut reasons: Vec<String> = result
+                    .error
+                    .iter()
+                    .map(|e| format!("{stage}: {e}"))
+                    .collect();
+                reasons.extend(
+                    result
+                        .probes
+                        .iter()
+                        .filter(|p| !p.passed)
+                        .map(|p| format!("{stage}: probe {:?} failed: {}", p.name, p.detail)),
+                );
+                if reasons.is_empty() {
+                    reasons.push(format!("{stage}: the probe pod reported a failure"));
+                }
+                let message = reasons
+                    .iter()
+                    .map(|r| r.trim_start_matches(&format!("{stage}: ")).to_owned())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                (
+                    (cstatus::FALSE, reason::PROBES_FAILED, message),
+                    reasons,
+                    Some(false),
+                )
+            }
+        },
+    }
+}
+
+/// The status for `outcome` and `behaviour`, keeping each condition's transition time
+/// unless its status changed since `previous`.
 pub fn build_model_status(
     generation: Option<i64>,
     previous: Option<&ModelAttestationStatus>,
     outcome: &Outcome,
-    behaviour_requested: bool,
+    behaviour: &Behaviour,
     now: Timestamp,
 ) -> ModelAttestationStatus {
     let prev = previous
@@ -83,21 +214,9 @@ pub fn build_model_status(
             &at,
         )
     };
-    let behaviour = if behaviour_requested {
-        cond(
-            conditions::BEHAVIOUR,
-            cstatus::UNKNOWN,
-            reason::PENDING,
-            "behavioural checks in isolated GPU pods are not supported yet".into(),
-        )
-    } else {
-        cond(
-            conditions::BEHAVIOUR,
-            cstatus::TRUE,
-            reason::NOT_REQUESTED,
-            "spec.behaviour is unset".into(),
-        )
-    };
+    let ((b_status, b_reason, b_message), behaviour_reasons, behaviour_passed) =
+        behaviour_condition(behaviour);
+    let behaviour_cond = cond(conditions::BEHAVIOUR, b_status, b_reason, b_message.clone());
     let (mut conds, verdict, ready, reasons, digest) = match outcome {
         Outcome::Judged(report) => {
             let stages: Vec<Condition> = report
@@ -110,8 +229,11 @@ pub fn build_model_status(
                 .iter()
                 .filter(|s| s.status == StageStatus::Failed)
                 .collect();
-            let (verdict, ready) = if !failed.is_empty() {
-                let names: Vec<&str> = failed.iter().map(|s| s.stage).collect();
+            let mut names: Vec<&str> = failed.iter().map(|s| s.stage).collect();
+            if behaviour_passed == Some(false) {
+                names.push(conditions::BEHAVIOUR);
+            }
+            let (verdict, ready) = if !names.is_empty() {
                 (
                     Verdict::Failed,
                     (
@@ -120,14 +242,20 @@ pub fn build_model_status(
                         format!("failed: {}", names.join(", ")),
                     ),
                 )
-            } else if behaviour_requested {
+            } else if behaviour_passed.is_none() {
+                let why = match behaviour {
+                    Behaviour::Blocked { reason, .. } => reason,
+                    Behaviour::Requested {
+                        timed_out: Some(_), ..
+                    } => reason::TIMED_OUT,
+                    _ => reason::PENDING,
+                };
                 (
                     Verdict::Unknown,
                     (
                         cstatus::FALSE,
-                        reason::PENDING,
-                        "every stage that ran passed; the behavioural check is not supported yet"
-                            .to_owned(),
+                        why,
+                        format!("every other stage passed; behaviour: {b_message}"),
                     ),
                 )
             } else {
@@ -149,6 +277,7 @@ pub fn build_model_status(
                         .map(|f| format!("{}: {}: {}", s.stage, f.path, f.problem)),
                 );
             }
+            reasons.extend(behaviour_reasons);
             (
                 stages,
                 verdict,
@@ -182,7 +311,7 @@ pub fn build_model_status(
             )
         }
     };
-    conds.push(behaviour);
+    conds.push(behaviour_cond);
     let stalled = matches!(outcome, Outcome::Blocked(_)) || verdict == Verdict::Failed;
     conds.push(cond(
         conditions::STALLED,
@@ -206,12 +335,16 @@ pub fn build_model_status(
             .map(|r| clip(r))
             .collect(),
         verified_at: Some(at),
+        behaviour: match behaviour {
+            Behaviour::Requested { request, .. } => Some(request.clone()),
+            _ => None,
+        },
     }
 }
 
 /// A stage's condition status: a stage skipped because it was not requested counts as
 /// passed; one skipped for want of an earlier stage is unknown, never a pass.
-fn stage_status(s: &StageResult) -> &'static str {
+pub(crate) fn stage_status(s: &StageResult) -> &'static str {
     match s.status {
         StageStatus::Passed => cstatus::TRUE,
         StageStatus::Failed => cstatus::FALSE,
@@ -244,14 +377,36 @@ fn clip_message(message: &str) -> String {
 
 /// The in-toto Statement v1 binding every stage's result to the model's manifest digest
 /// (the subject), for the operator to sign. `None` when the model could not be hashed:
-/// there is nothing to bind to.
+/// there is nothing to bind to. With a behaviour result in `status`, the predicate's
+/// `behaviour` names the request, the node attestation it ran on and every probe
+/// (`probes`: all of them as posted; the status keeps only the first
+/// [`MAX_STATUS_PROBES`](lotabots_crds::model_attestation::MAX_STATUS_PROBES)).
 pub fn statement(
     attestation: &ModelAttestation,
     report: &Report,
     status: &ModelAttestationStatus,
+    probes: Option<&[ProbeOutcome]>,
 ) -> Option<serde_json::Value> {
     let digest = report.manifest_digest.as_deref()?;
     let hex = digest.strip_prefix("sha256:")?;
+    let behaviour = status.behaviour.as_ref().and_then(|b| {
+        let result = b.result.as_ref()?;
+        let outcomes = match probes {
+            Some(all) => serde_json::to_value(all).ok()?,
+            None => serde_json::to_value(&result.probes).ok()?,
+        };
+        Some(json!({
+            "requestId": b.request_id,
+            "node": b.node,
+            "nonce": b.nonce,
+            "evidenceDigest": b.evidence_digest,
+            "suiteDigest": b.suite_digest,
+            "device": result.device,
+            "passed": result.passed,
+            "error": result.error,
+            "probes": outcomes,
+        }))
+    });
     Some(json!({
         "_type": STATEMENT_TYPE,
         "subject": [{ "name": report.model, "digest": { "sha256": hex } }],
@@ -266,12 +421,14 @@ pub fn statement(
             "verdict": status.verdict,
             "reasons": status.reasons,
             "report": report,
+            "behaviour": behaviour,
         },
     }))
 }
 
 #[cfg(test)]
 mod tests {
+    use lotabots_crds::model_attestation::BehaviourResult;
     use lotabots_model::attest::{Objection, REPORT_SCHEMA};
 
     use super::*;
@@ -366,7 +523,7 @@ mod tests {
             Some(3),
             None,
             &Outcome::Judged(report(passing())),
-            false,
+            &Behaviour::NotRequested,
             at(0),
         );
         for t in conditions::MODEL_STAGES.iter().chain([&conditions::READY]) {
@@ -395,7 +552,7 @@ mod tests {
                 Some(1),
                 None,
                 &Outcome::Judged(report(stages)),
-                false,
+                &Behaviour::NotRequested,
                 at(0),
             );
             let c = get(&s, failing);
@@ -442,14 +599,26 @@ mod tests {
             reason::PENDING,
             &[],
         );
-        let s = build_model_status(None, None, &Outcome::Judged(report(stages)), false, at(0));
+        let s = build_model_status(
+            None,
+            None,
+            &Outcome::Judged(report(stages)),
+            &Behaviour::NotRequested,
+            at(0),
+        );
         assert_eq!(get(&s, conditions::SIGNATURE_VERIFIED).status, "True");
         assert_eq!(get(&s, conditions::INTEGRITY_VERIFIED).status, "Unknown");
     }
 
     #[test]
     fn a_requested_behaviour_check_keeps_the_verdict_unknown() {
-        let s = build_model_status(None, None, &Outcome::Judged(report(passing())), true, at(0));
+        let s = build_model_status(
+            None,
+            None,
+            &Outcome::Judged(report(passing())),
+            &Behaviour::Waiting,
+            at(0),
+        );
         assert_eq!(get(&s, conditions::BEHAVIOUR).status, "Unknown");
         assert_eq!(get(&s, conditions::READY).status, "False");
         assert_eq!(get(&s, conditions::READY).reason, reason::PENDING);
@@ -463,7 +632,13 @@ mod tests {
             reason::SOURCE_UNAVAILABLE,
             "s3:// model sources are not supported yet",
         );
-        let s = build_model_status(Some(2), None, &Outcome::Blocked(blocked), false, at(0));
+        let s = build_model_status(
+            Some(2),
+            None,
+            &Outcome::Blocked(blocked),
+            &Behaviour::NotRequested,
+            at(0),
+        );
         let c = get(&s, conditions::INTEGRITY_VERIFIED);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str()),
@@ -486,14 +661,14 @@ mod tests {
             Some(1),
             None,
             &Outcome::Judged(report(passing())),
-            false,
+            &Behaviour::NotRequested,
             at(0),
         );
         let again = build_model_status(
             Some(1),
             Some(&first),
             &Outcome::Judged(report(passing())),
-            false,
+            &Behaviour::NotRequested,
             at(60),
         );
         assert_eq!(
@@ -513,7 +688,7 @@ mod tests {
             Some(1),
             Some(&again),
             &Outcome::Judged(report(stages)),
-            false,
+            &Behaviour::NotRequested,
             at(120),
         );
         assert_eq!(
@@ -542,8 +717,14 @@ mod tests {
         let mut att = ModelAttestation::new("m", spec);
         att.metadata.namespace = Some("ns".into());
         let r = report(passing());
-        let s = build_model_status(Some(1), None, &Outcome::Judged(r.clone()), false, at(0));
-        let st = statement(&att, &r, &s).unwrap();
+        let s = build_model_status(
+            Some(1),
+            None,
+            &Outcome::Judged(r.clone()),
+            &Behaviour::NotRequested,
+            at(0),
+        );
+        let st = statement(&att, &r, &s, None).unwrap();
         assert_eq!(st["predicateType"], PREDICATE_TYPE);
         assert_eq!(st["subject"][0]["digest"]["sha256"], "ab".repeat(32));
         assert_eq!(st["predicate"]["verdict"], "Attested");
@@ -556,6 +737,199 @@ mod tests {
         );
         let mut unhashed = r;
         unhashed.manifest_digest = None;
-        assert!(statement(&att, &unhashed, &s).is_none());
+        assert!(statement(&att, &unhashed, &s, None).is_none());
+    }
+
+    fn request(result: Option<BehaviourResult>) -> BehaviourStatus {
+        BehaviourStatus {
+            request_id: "ab".repeat(16),
+            node: "gpu-1".into(),
+            nonce: "cd".repeat(32),
+            evidence_digest: "sha256:ee".into(),
+            manifest_digest: format!("sha256:{}", "ab".repeat(32)),
+            suite_digest: "sha256:ff".into(),
+            model_bytes: 10,
+            requested_at: Time(at(0)),
+            result,
+        }
+    }
+
+    fn probe_result(passed: &[(&str, bool)], error: Option<&str>) -> BehaviourResult {
+        BehaviourResult {
+            passed: error.is_none() && passed.iter().all(|p| p.1),
+            device: Some("cuda".into()),
+            error: error.map(str::to_owned),
+            probes: passed
+                .iter()
+                .map(|(n, ok)| lotabots_crds::model_attestation::ProbeStatus {
+                    name: (*n).into(),
+                    passed: *ok,
+                    detail: format!("{n} observed"),
+                })
+                .collect(),
+            finished_at: Time(at(5)),
+        }
+    }
+
+    fn with(b: Behaviour) -> ModelAttestationStatus {
+        build_model_status(
+            Some(1),
+            None,
+            &Outcome::Judged(report(passing())),
+            &b,
+            at(10),
+        )
+    }
+
+    #[test]
+    fn a_pending_request_keeps_the_verdict_unknown_and_names_the_pod() {
+        let s = with(Behaviour::Requested {
+            request: request(None),
+            timed_out: None,
+        });
+        let b = get(&s, conditions::BEHAVIOUR);
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("Unknown", reason::PENDING)
+        );
+        assert!(
+            b.message.contains(&format!(
+                "probe pod behaviour-probes-{} requested on node gpu-1",
+                "ab".repeat(16)
+            )),
+            "{}",
+            b.message
+        );
+        assert_eq!(s.verdict, Some(Verdict::Unknown));
+        assert_eq!(get(&s, conditions::READY).status, "False");
+        assert_eq!(get(&s, conditions::READY).reason, reason::PENDING);
+        assert_eq!(s.behaviour, Some(request(None)));
+    }
+
+    #[test]
+    fn passed_probes_attest_and_failed_ones_fail_naming_each_probe() {
+        let ok = with(Behaviour::Requested {
+            request: request(Some(probe_result(&[("a", true), ("b", true)], None))),
+            timed_out: None,
+        });
+        let b = get(&ok, conditions::BEHAVIOUR);
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("True", reason::PROBES_PASSED)
+        );
+        assert_eq!(ok.verdict, Some(Verdict::Attested));
+        assert_eq!(get(&ok, conditions::READY).status, "True");
+
+        let bad = with(Behaviour::Requested {
+            request: request(Some(probe_result(&[("a", true), ("b", false)], None))),
+            timed_out: None,
+        });
+        let b = get(&bad, conditions::BEHAVIOUR);
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("False", reason::PROBES_FAILED)
+        );
+        assert_eq!(bad.verdict, Some(Verdict::Failed));
+        assert_eq!(get(&bad, conditions::READY).reason, reason::STAGE_FAILED);
+        assert_eq!(get(&bad, conditions::STALLED).status, "True");
+        assert_eq!(bad.reasons, [r#"Behaviour: probe "b" failed: b observed"#]);
+
+        let error = with(Behaviour::Requested {
+            request: request(Some(probe_result(
+                &[],
+                Some("model refused: w.bin differs"),
+            ))),
+            timed_out: None,
+        });
+        assert_eq!(error.verdict, Some(Verdict::Failed));
+        assert_eq!(error.reasons, ["Behaviour: model refused: w.bin differs"]);
+    }
+
+    #[test]
+    fn a_timed_out_request_is_said_and_replaced() {
+        let s = with(Behaviour::Requested {
+            request: request(None),
+            timed_out: Some("old0".into()),
+        });
+        let b = get(&s, conditions::BEHAVIOUR);
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("Unknown", reason::TIMED_OUT)
+        );
+        assert!(
+            b.message.contains("request old0 timed out"),
+            "{}",
+            b.message
+        );
+        assert!(
+            b.message.contains("requested on node gpu-1"),
+            "{}",
+            b.message
+        );
+        assert_eq!(s.verdict, Some(Verdict::Unknown));
+        assert_eq!(get(&s, conditions::READY).reason, reason::TIMED_OUT);
+    }
+
+    #[test]
+    fn no_node_or_no_suite_blocks_the_check() {
+        let s = with(Behaviour::Blocked {
+            status: cstatus::UNKNOWN,
+            reason: reason::NO_ATTESTED_NODE,
+            message: "no node offers 1 GPU(s)".into(),
+        });
+        let b = get(&s, conditions::BEHAVIOUR);
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("Unknown", reason::NO_ATTESTED_NODE)
+        );
+        assert_eq!(s.verdict, Some(Verdict::Unknown));
+        assert_eq!(get(&s, conditions::READY).reason, reason::NO_ATTESTED_NODE);
+        assert_eq!(s.behaviour, None);
+        let s = with(Behaviour::Blocked {
+            status: cstatus::FALSE,
+            reason: reason::REFERENCE_NOT_FOUND,
+            message: "spec.behaviour.probes: ConfigMap ns/probes does not exist".into(),
+        });
+        assert_eq!(get(&s, conditions::BEHAVIOUR).status, "False");
+        assert_eq!(s.verdict, Some(Verdict::Unknown));
+        assert!(
+            s.reasons[0].contains("ConfigMap ns/probes"),
+            "{:?}",
+            s.reasons
+        );
+    }
+
+    #[test]
+    fn the_statement_carries_every_probe() {
+        let spec = serde_json::from_value(json!({"source": {"uri": "file:///models/m"}})).unwrap();
+        let att = ModelAttestation::new("m", spec);
+        let r = report(passing());
+        let s = with(Behaviour::Requested {
+            request: request(Some(probe_result(&[("a", true)], None))),
+            timed_out: None,
+        });
+        let all: Vec<ProbeOutcome> = (0..100)
+            .map(|i| ProbeOutcome {
+                name: format!("p{i}"),
+                passed: true,
+                detail: String::new(),
+            })
+            .collect();
+        let st = statement(&att, &r, &s, Some(&all)).unwrap();
+        let b = &st["predicate"]["behaviour"];
+        assert_eq!(b["requestId"], "ab".repeat(16));
+        assert_eq!(b["node"], "gpu-1");
+        assert_eq!(b["evidenceDigest"], "sha256:ee");
+        assert_eq!(b["suiteDigest"], "sha256:ff");
+        assert_eq!(b["device"], "cuda");
+        assert_eq!(b["passed"], true);
+        assert_eq!(b["probes"].as_array().unwrap().len(), 100);
+        let st = statement(&att, &r, &s, None).unwrap();
+        assert_eq!(st["predicate"]["behaviour"]["probes"][0]["name"], "a");
+        let pending = with(Behaviour::Requested {
+            request: request(None),
+            timed_out: None,
+        });
+        assert!(statement(&att, &r, &pending, None).unwrap()["predicate"]["behaviour"].is_null());
     }
 }

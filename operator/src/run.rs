@@ -183,6 +183,8 @@ pub async fn run_with(
     // The workload pods post their self-test results on the same listener; the leader's
     // controller folds them in, so only the leader takes them.
     let workloads = Arc::new(crate::workload_results::WorkloadResults::default());
+    // The behaviour requests the model controller makes and the probe pods fetch for.
+    let behaviour_requests = Arc::new(crate::behaviour::BehaviourRequests::default());
     let kube_api = Arc::new(crate::workload_api::ApiServer(client.clone()));
     let workload_api = Arc::new(
         crate::workload_api::WorkloadApi::new(
@@ -193,7 +195,14 @@ pub async fn run_with(
             cfg.workloads.clone(),
             workload_metrics,
         )
-        .leader_only(readiness.leading.clone()),
+        .leader_only(readiness.leading.clone())
+        .with_behaviour(
+            behaviour_requests.clone(),
+            Arc::new(crate::workload_api::KubeModels {
+                client: client.clone(),
+                model_root: cfg.models.settings.model_root.clone(),
+            }),
+        ),
     );
     let handle = Handle::new();
     let (tls_tx, tls_rx) = tokio::sync::watch::channel(None::<RustlsConfig>);
@@ -354,12 +363,16 @@ pub async fn run_with(
     )
     .await?;
     let (model_stop_tx, model_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let model_controller = model_controller::run(
+    let model_controller = model_controller::run_with_behaviour(
         client.clone(),
         cfg.models.settings.clone(),
         reporter.clone(),
         model_recording,
         model_metrics,
+        Some(model_controller::BehaviourWiring {
+            evidence: evidence.clone(),
+            requests: behaviour_requests.clone(),
+        }),
         async move {
             let _ = model_stop_rx.await;
         },

@@ -17,6 +17,16 @@ pub fn api_server(
     object: serde_json::Value,
     fail: fn(&str, &str) -> Option<u16>,
 ) -> (Client, Seen) {
+    api_server_answering(object, fail, |_, _| None)
+}
+
+/// As [`api_server`], and `answer(method, path)` may give the object a request gets
+/// (a ConfigMap read, a node list).
+pub fn api_server_answering(
+    object: serde_json::Value,
+    fail: fn(&str, &str) -> Option<u16>,
+    answer: fn(&str, &str) -> Option<serde_json::Value>,
+) -> (Client, Seen) {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let seen: Seen = Arc::default();
     let log = seen.clone();
@@ -35,11 +45,16 @@ pub fn api_server(
                     .body(Body::from(
                         serde_json::to_vec(&json!({
                             "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                            "message": "scripted failure", "reason": "InternalError", "code": code
+                            "message": "scripted failure", "code": code,
+                            // As the API server says it, so that `get_opt` reads it.
+                            "reason": if code == 404 { "NotFound" } else { "InternalError" }
                         }))
                         .unwrap(),
                     ))
                     .unwrap(),
+                None if answer(&method, &path).is_some() => Response::new(Body::from(
+                    serde_json::to_vec(&answer(&method, &path)).unwrap(),
+                )),
                 None if path.ends_with("/status") => {
                     Response::new(Body::from(serde_json::to_vec(&object).unwrap()))
                 }

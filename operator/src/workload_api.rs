@@ -1,7 +1,10 @@
-//! `POST /v1/workload-results`: where the isolated workload pods post their GPU self-test
-//! results, on the evidence API's listener.
+//! The workload pods' side of the evidence API's listener:
 //!
-//! A result is believed only as far as what vouches for it:
+//! - `POST /v1/workload-results`: GPU self-test and behavioural-probe results;
+//! - `GET /v1/workload-models/{id}/suite`, `…/files`, `…/files/{path}`: what a probe pod
+//!   checks, the probe suite and the model's files ([`crate::model_files`]).
+//!
+//! A request is believed only as far as what vouches for it:
 //!
 //! - the caller presents a projected token of the workload ServiceAccount
 //!   (`lotabots-workloads/lotabots-workload` unless configured otherwise — never the
@@ -9,30 +12,36 @@
 //!   TokenReview names the pod (name and UID) and its node, and refuses tokens of pods
 //!   that no longer exist;
 //! - that pod still exists with that UID, runs on that node, carries the label
-//!   `lotabots.io/workload-id` equal to the result's `requestId`, and is owned by the
-//!   GpuAttestation the result is filed under;
-//! - the result names the token's node and carries the nonce of that node's latest
-//!   accepted evidence, so it cannot be replayed onto another round or another node;
+//!   `lotabots.io/workload-id` equal to the request id, and is owned by the
+//!   GpuAttestation the result is filed under (a self-test) or labelled
+//!   `lotabots.io/owner-uid` with the UID of the ModelAttestation whose current
+//!   behaviour request it runs, on that request's node (a probe pod);
+//! - a self-test result names the token's node and carries the nonce of that node's
+//!   latest accepted evidence, so it cannot be replayed onto another round or another
+//!   node; a probe result carries its request's nonce, manifest digest and suite digest;
 //! - simulated self-tests are refused unless the operator runs with
 //!   `--accept-simulated-workloads` (test clusters).
 //!
 //! Every refusal is an RFC 9457 problem document naming what was wrong, is counted in
-//! `lotabots_workload_results_total{outcome}`, and stores nothing.
+//! `lotabots_workload_results_total{outcome}` (results) or
+//! `lotabots_workload_model_fetches_total{outcome}` (fetches), and stores nothing.
 //!
-//! Results are held in the leader's memory, where its controller reads them: a replica
-//! that does not lead (it may serve the evidence API with a shared store) answers `503`
-//! with `Retry-After`, and the pod retries until the Service routes it to the leader.
+//! Results are held in the leader's memory, where its controllers read them (probe
+//! results in [`BehaviourRequests`], which wakes the model controller): a replica that
+//! does not lead (it may serve the evidence API with a shared store) answers `503` with
+//! `Retry-After`, and the pod retries until the Service routes it to the leader.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path as AxumPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use futures::future::BoxFuture;
 use jiff::Timestamp;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
@@ -40,7 +49,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use lotabots_crds::labels;
 use lotabots_crds::workload::{
-    self, RESULT_PATH, RESULT_SCHEMA_VERSION, WorkloadKind, WorkloadResult,
+    self, MODEL_PATH, ModelFiles, RESULT_PATH, RESULT_SCHEMA_VERSION, WorkloadKind, WorkloadResult,
 };
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::Serialize;
@@ -48,8 +57,11 @@ use serde::Serialize;
 use crate::auth::{
     AUDIENCE, NODE_NAME_EXTRA, ReviewRefusal, bound_extra, reviewed_user, service_account_of,
 };
+use crate::behaviour::{AcceptedProbes, BehaviourRequests, CurrentRequest, NotStored};
 use crate::client_api::problem::{PROBLEM_JSON, Problem};
 use crate::evidence_api::LatestEvidence;
+use crate::model_files::ModelView;
+use crate::model_inputs::Gathered;
 use crate::workload_results::{AcceptedResult, AttestationRef, WorkloadResults};
 
 /// Largest result accepted. A self-test report of an 8-GPU node is a few KiB.
@@ -198,7 +210,9 @@ pub enum WorkloadError {
     #[error("schemaVersion {0:?} is not supported (expected {RESULT_SCHEMA_VERSION})")]
     UnsupportedSchema(String),
     /// A kind this endpoint does not fold.
-    #[error("kind {0:?} is not accepted here: only gpuSelfTest results are folded into a verdict")]
+    #[error(
+        "kind {0:?} is not accepted here: this operator folds gpuSelfTest results only (behaviour probes are not wired)"
+    )]
     UnsupportedKind(String),
     /// The result names another node than the token.
     #[error(
@@ -261,6 +275,65 @@ pub enum WorkloadError {
     /// This replica does not lead: the leader's controller would never see the result.
     #[error("this operator replica does not lead: retry, the Service routes to another replica")]
     NotLeader,
+    /// The id is not the current behaviour request of any ModelAttestation.
+    #[error(
+        "{0:?} is not the current behaviour request of any ModelAttestation (replaced, timed out, or never made)"
+    )]
+    NotCurrentRequest(String),
+    /// The pod runs on another node than the request's.
+    #[error(
+        "behaviour request {request_id:?} is for node {request_node:?}, not the token's node {node:?}"
+    )]
+    NotRequestNode {
+        /// The request id.
+        request_id: String,
+        /// The node the request names.
+        request_node: String,
+        /// The token's node.
+        node: String,
+    },
+    /// The result carries another nonce than the request's.
+    #[error(
+        "nonce {nonce:?} is not the nonce {expected:?} behaviour request {request_id:?} is bound to"
+    )]
+    WrongNonce {
+        /// The request id.
+        request_id: String,
+        /// The result's nonce.
+        nonce: String,
+        /// The request's.
+        expected: String,
+    },
+    /// The probes checked another manifest or suite than the request's.
+    #[error("probes.{field} {found:?} is not the request's {expected:?}")]
+    DigestMismatch {
+        /// `suiteDigest` or `manifestDigest`.
+        field: &'static str,
+        /// The result's digest.
+        found: String,
+        /// The request's.
+        expected: String,
+    },
+    /// The pod was launched for another ModelAttestation.
+    #[error(
+        "pod {pod} is labelled {label}={found:?}, not the UID {expected:?} of the ModelAttestation the request is for"
+    )]
+    WrongOwner {
+        /// `namespace/name`.
+        pod: String,
+        /// The label key.
+        label: &'static str,
+        /// The label's value (`None`: no label).
+        found: Option<String>,
+        /// The ModelAttestation's UID.
+        expected: String,
+    },
+    /// The path is not a file of the model.
+    #[error("{0:?} is not a file of the model (see the listing)")]
+    NoSuchFile(String),
+    /// The model's source could not be read.
+    #[error("the model cannot be read: {0}")]
+    ModelUnavailable(String),
 }
 
 impl WorkloadError {
@@ -286,6 +359,17 @@ impl WorkloadError {
             WorkloadError::StaleNonce { .. } => "stale_nonce",
             WorkloadError::AlreadyReported(_) => "already_reported",
             WorkloadError::NotLeader => "not_leader",
+            WorkloadError::NotCurrentRequest(_) => "not_current_request",
+            WorkloadError::NotRequestNode { .. } => "not_request_node",
+            WorkloadError::WrongNonce { .. } => "wrong_nonce",
+            WorkloadError::DigestMismatch {
+                field: "suiteDigest",
+                ..
+            } => "wrong_suite_digest",
+            WorkloadError::DigestMismatch { .. } => "wrong_manifest_digest",
+            WorkloadError::WrongOwner { .. } => "wrong_owner",
+            WorkloadError::NoSuchFile(_) => "no_such_file",
+            WorkloadError::ModelUnavailable(_) => "model_unavailable",
         }
     }
 
@@ -301,8 +385,14 @@ impl WorkloadError {
             | Simulated
             | PodMismatch { .. }
             | WrongRequest { .. }
-            | NoOwner(_) => StatusCode::FORBIDDEN,
-            Unavailable(_) | NotLeader => StatusCode::SERVICE_UNAVAILABLE,
+            | NoOwner(_)
+            | NotRequestNode { .. }
+            | WrongOwner { .. } => StatusCode::FORBIDDEN,
+            Unavailable(_) | NotLeader | ModelUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NoSuchFile(_) => StatusCode::NOT_FOUND,
+            NotCurrentRequest(_) | WrongNonce { .. } | DigestMismatch { .. } => {
+                StatusCode::CONFLICT
+            }
             TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Malformed(_) | UnsupportedSchema(_) => StatusCode::BAD_REQUEST,
             UnsupportedKind(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -318,6 +408,7 @@ impl WorkloadError {
             StatusCode::PAYLOAD_TOO_LARGE => "Payload too large",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::UNPROCESSABLE_ENTITY => "Unprocessable result",
+            StatusCode::NOT_FOUND => "Not found",
             _ => "Bad request",
         }
     }
@@ -372,13 +463,13 @@ pub fn pod_identity_from_review(
     })
 }
 
-/// Checks the pod the token is bound to against the caller and the result; returns the
-/// GpuAttestation that owns it. Pure.
-pub fn check_pod(
-    pod: Option<&Pod>,
+/// Checks the pod the token is bound to against the caller: it exists with the token's
+/// UID, runs on the token's node and was launched for `request_id`. Pure.
+pub fn check_pod<'p>(
+    pod: Option<&'p Pod>,
     caller: &PodIdentity,
-    result: &WorkloadResult,
-) -> Result<AttestationRef, WorkloadError> {
+    request_id: &str,
+) -> Result<&'p Pod, WorkloadError> {
     let name = format!("{}/{}", caller.namespace, caller.pod);
     let mismatch = |why: String| WorkloadError::PodMismatch {
         pod: name.clone(),
@@ -399,19 +490,28 @@ pub fn check_pod(
             caller.node
         )));
     }
-    let label = pod
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(labels::WORKLOAD_ID));
-    if label.map(String::as_str) != Some(result.request_id.as_str()) {
+    let label = label_of(pod, labels::WORKLOAD_ID);
+    if label != Some(request_id) {
         return Err(WorkloadError::WrongRequest {
             pod: name,
             label: labels::WORKLOAD_ID,
-            found: label.cloned(),
-            request_id: result.request_id.clone(),
+            found: label.map(str::to_owned),
+            request_id: request_id.to_owned(),
         });
     }
+    Ok(pod)
+}
+
+fn label_of<'p>(pod: &'p Pod, key: &str) -> Option<&'p str> {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(key))
+        .map(String::as_str)
+}
+
+/// The GpuAttestation that owns a self-test pod. Pure.
+pub fn gpu_owner(pod: &Pod, caller: &PodIdentity) -> Result<AttestationRef, WorkloadError> {
     pod.metadata
         .owner_references
         .iter()
@@ -421,7 +521,60 @@ pub fn check_pod(
             name: o.name.clone(),
             uid: o.uid.clone(),
         })
-        .ok_or(WorkloadError::NoOwner(name))
+        .ok_or_else(|| WorkloadError::NoOwner(format!("{}/{}", caller.namespace, caller.pod)))
+}
+
+/// Checks that a probe pod was launched for the ModelAttestation `request` is for (its
+/// `lotabots.io/owner-uid` label: the owner lives in another namespace). Pure.
+pub fn check_probe_owner(
+    pod: &Pod,
+    caller: &PodIdentity,
+    request: &CurrentRequest,
+) -> Result<(), WorkloadError> {
+    let found = label_of(pod, labels::OWNER_UID);
+    if found == Some(request.model.uid.as_str()) {
+        return Ok(());
+    }
+    Err(WorkloadError::WrongOwner {
+        pod: format!("{}/{}", caller.namespace, caller.pod),
+        label: labels::OWNER_UID,
+        found: found.map(str::to_owned),
+        expected: request.model.uid.clone(),
+    })
+}
+
+/// Checks a probe result against its request: the nonce, and the manifest and suite the
+/// pod checked. Pure.
+pub fn check_probe_result(
+    result: &WorkloadResult,
+    request: &CurrentRequest,
+) -> Result<(), WorkloadError> {
+    if !result.nonce.eq_ignore_ascii_case(&request.nonce) {
+        return Err(WorkloadError::WrongNonce {
+            request_id: request.id.clone(),
+            nonce: result.nonce.clone(),
+            expected: request.nonce.clone(),
+        });
+    }
+    if let Some(report) = &result.probes {
+        for (field, found, expected) in [
+            (
+                "manifestDigest",
+                &report.manifest_digest,
+                &request.manifest_digest,
+            ),
+            ("suiteDigest", &report.suite_digest, &request.suite_digest),
+        ] {
+            if found != expected {
+                return Err(WorkloadError::DigestMismatch {
+                    field,
+                    found: found.clone(),
+                    expected: expected.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decodes and checks a result's own content against the caller; pure.
@@ -429,6 +582,7 @@ pub fn check_result(
     body: &[u8],
     caller: &PodIdentity,
     accept_simulated: bool,
+    accepted_kinds: &[WorkloadKind],
 ) -> Result<WorkloadResult, WorkloadError> {
     // The schema version first, so that a newer client learns that rather than which
     // field it added.
@@ -445,7 +599,7 @@ pub fn check_result(
     }
     let result: WorkloadResult = serde_path_to_error::deserialize(value)
         .map_err(|e| WorkloadError::Malformed(format!("at {}: {}", e.path(), e.inner())))?;
-    if result.kind != WorkloadKind::GpuSelfTest {
+    if !accepted_kinds.contains(&result.kind) {
         return Err(WorkloadError::UnsupportedKind(result.kind.as_str().into()));
     }
     if result.request_id.is_empty()
@@ -466,10 +620,19 @@ pub fn check_result(
             result.finished_at, result.started_at
         )));
     }
-    if result.passed && result.self_test.is_none() {
-        return Err(WorkloadError::Malformed(
-            "a passing self-test must carry selfTest".into(),
-        ));
+    match result.kind {
+        WorkloadKind::GpuSelfTest if result.passed && result.self_test.is_none() => {
+            return Err(WorkloadError::Malformed(
+                "a passing self-test must carry selfTest".into(),
+            ));
+        }
+        WorkloadKind::BehaviourProbes if result.probes.is_none() && result.error.is_none() => {
+            return Err(WorkloadError::Malformed(
+                "a probe result must carry probes, or an error saying why they could not run"
+                    .into(),
+            ));
+        }
+        _ => {}
     }
     if result.node != caller.node {
         return Err(WorkloadError::WrongNode {
@@ -487,6 +650,7 @@ pub fn check_result(
 #[derive(Clone)]
 pub struct WorkloadMetrics {
     results: IntCounterVec,
+    fetches: IntCounterVec,
 }
 
 impl WorkloadMetrics {
@@ -499,8 +663,21 @@ impl WorkloadMetrics {
             ),
             &["outcome"],
         )?;
+        let fetches = IntCounterVec::new(
+            Opts::new(
+                "lotabots_workload_model_fetches_total",
+                "Model and probe-suite fetches by behavioural-probe pods, by outcome",
+            ),
+            &["outcome"],
+        )?;
         registry.register(Box::new(results.clone()))?;
-        Ok(Self { results })
+        registry.register(Box::new(fetches.clone()))?;
+        Ok(Self { results, fetches })
+    }
+
+    /// Model fetches counted with `outcome` so far.
+    pub fn fetches(&self, outcome: &str) -> u64 {
+        self.fetches.with_label_values(&[outcome]).get()
     }
 
     /// Results counted with `outcome` so far.
@@ -519,6 +696,51 @@ pub struct WorkloadApi {
     metrics: WorkloadMetrics,
     /// Set while this replica leads; `None`: always (a single, in-process operator).
     leading: Option<Arc<AtomicBool>>,
+    /// The behaviour requests probe pods fetch for and post to; `None`: probe results
+    /// are refused.
+    behaviour: Option<ProbeServing>,
+}
+
+/// What serving probe pods needs.
+struct ProbeServing {
+    requests: Arc<BehaviourRequests>,
+    opener: Arc<dyn ModelOpener>,
+    /// Opened models by request id (the current requests' only).
+    views: Mutex<HashMap<String, Arc<ModelView>>>,
+}
+
+/// Opens the model a behaviour request is for.
+pub trait ModelOpener: Send + Sync + 'static {
+    /// The model's source and files, or why they cannot be read.
+    fn open<'a>(&'a self, request: &'a CurrentRequest) -> BoxFuture<'a, Result<ModelView, String>>;
+}
+
+/// [`ModelOpener`] through the model controller's own inputs: the source and the
+/// credentials `spec.source` names, in the ModelAttestation's namespace.
+pub struct KubeModels {
+    /// The API client (credentials Secrets, keys).
+    pub client: kube::Client,
+    /// Where PVC models are mounted.
+    pub model_root: std::path::PathBuf,
+}
+
+impl ModelOpener for KubeModels {
+    fn open<'a>(&'a self, request: &'a CurrentRequest) -> BoxFuture<'a, Result<ModelView, String>> {
+        Box::pin(async move {
+            let gathered = Gathered::read(&self.client, &request.model.namespace, &request.spec)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|b| b.message)?;
+            let root = self.model_root.clone();
+            let handle = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let (_, inputs) = gathered.inputs(&root, &handle).map_err(|b| b.message)?;
+                ModelView::list(&inputs).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
 }
 
 /// What an accepted result returns.
@@ -527,7 +749,10 @@ pub struct WorkloadApi {
 struct Receipt {
     node: String,
     request_id: String,
+    /// The GpuAttestation's name, or the ModelAttestation's `namespace/name`.
     attestation: String,
+    #[serde(skip)]
+    passed: bool,
 }
 
 impl WorkloadApi {
@@ -549,7 +774,23 @@ impl WorkloadApi {
             settings,
             metrics,
             leading: None,
+            behaviour: None,
         }
+    }
+
+    /// Serves behavioural-probe pods: the models and suites of the current `requests`
+    /// (opened with `opener`), and their results, stored in `requests`.
+    pub fn with_behaviour(
+        mut self,
+        requests: Arc<BehaviourRequests>,
+        opener: Arc<dyn ModelOpener>,
+    ) -> Self {
+        self.behaviour = Some(ProbeServing {
+            requests,
+            opener,
+            views: Mutex::default(),
+        });
+        self
     }
 
     /// Accepts results only while `leading` is set (the replica holds the Lease).
@@ -562,17 +803,16 @@ impl WorkloadApi {
     pub fn router(self: Arc<Self>) -> Router {
         Router::new()
             .route(RESULT_PATH, post(submit))
+            .route(&format!("{MODEL_PATH}/{{id}}/suite"), get(suite))
+            .route(&format!("{MODEL_PATH}/{{id}}/files"), get(files))
+            .route(&format!("{MODEL_PATH}/{{id}}/files/{{*path}}"), get(file))
             // The handler reads the body as `Bytes` and answers an oversized one itself.
             .layer(DefaultBodyLimit::max(MAX_RESULT_BYTES))
             .with_state(self)
     }
 
-    /// Runs every check; on success the result is stored (`true`: it was new).
-    async fn accept(
-        &self,
-        headers: &HeaderMap,
-        body: Result<Bytes, BytesRejection>,
-    ) -> Result<(AcceptedResult, bool), WorkloadError> {
+    /// The pod-bound caller, as the API server vouches for it (only while leading).
+    async fn caller(&self, headers: &HeaderMap) -> Result<PodIdentity, WorkloadError> {
         if self
             .leading
             .as_ref()
@@ -592,12 +832,117 @@ impl WorkloadApi {
             .review(token)
             .await
             .map_err(WorkloadError::Unavailable)?;
-        let caller = pod_identity_from_review(&review, &self.settings.service_account)?;
+        pod_identity_from_review(&review, &self.settings.service_account)
+    }
+
+    /// The caller's pod, checked against the caller and `request_id` ([`check_pod`]).
+    async fn workload_pod(
+        &self,
+        caller: &PodIdentity,
+        request_id: &str,
+    ) -> Result<Pod, WorkloadError> {
+        let pod = self
+            .pods
+            .pod(&caller.namespace, &caller.pod)
+            .await
+            .map_err(WorkloadError::Unavailable)?;
+        check_pod(pod.as_ref(), caller, request_id).cloned()
+    }
+
+    /// The current behaviour request `id`, when it is for the caller's node.
+    fn behaviour_request(
+        &self,
+        id: &str,
+        caller: &PodIdentity,
+    ) -> Result<(Arc<CurrentRequest>, &ProbeServing), WorkloadError> {
+        let serving = self
+            .behaviour
+            .as_ref()
+            .ok_or_else(|| WorkloadError::NotCurrentRequest(id.to_owned()))?;
+        let request = serving
+            .requests
+            .get(id)
+            .ok_or_else(|| WorkloadError::NotCurrentRequest(id.to_owned()))?;
+        if request.node != caller.node {
+            return Err(WorkloadError::NotRequestNode {
+                request_id: id.to_owned(),
+                request_node: request.node.clone(),
+                node: caller.node.clone(),
+            });
+        }
+        Ok((request, serving))
+    }
+
+    /// Authorises a probe pod's fetch for request `id`, exactly as its result would be:
+    /// the caller, its pod, the request and the pod's owner.
+    async fn authorise_fetch(
+        &self,
+        headers: &HeaderMap,
+        id: &str,
+    ) -> Result<(Arc<CurrentRequest>, &ProbeServing), WorkloadError> {
+        let caller = self.caller(headers).await?;
+        let (request, serving) = self.behaviour_request(id, &caller)?;
+        let pod = self.workload_pod(&caller, id).await?;
+        check_probe_owner(&pod, &caller, &request)?;
+        Ok((request, serving))
+    }
+
+    /// The model of `request`, opened once per request.
+    async fn view(
+        &self,
+        serving: &ProbeServing,
+        request: &CurrentRequest,
+    ) -> Result<Arc<ModelView>, WorkloadError> {
+        let cached = serving
+            .views
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&request.id)
+            .cloned();
+        if let Some(view) = cached {
+            return Ok(view);
+        }
+        let view = Arc::new(
+            serving
+                .opener
+                .open(request)
+                .await
+                .map_err(WorkloadError::ModelUnavailable)?,
+        );
+        let mut views = serving.views.lock().unwrap_or_else(|e| e.into_inner());
+        views.retain(|id, _| serving.requests.get(id).is_some());
+        views.insert(request.id.clone(), view.clone());
+        Ok(view)
+    }
+
+    /// Runs every check; on success the result is stored (`true`: it was new).
+    async fn accept(
+        &self,
+        headers: &HeaderMap,
+        body: Result<Bytes, BytesRejection>,
+    ) -> Result<(Receipt, bool), WorkloadError> {
+        let caller = self.caller(headers).await?;
         let body = body.map_err(|e| match e.status() {
             StatusCode::PAYLOAD_TOO_LARGE => WorkloadError::TooLarge,
             _ => WorkloadError::Malformed(format!("request body: {e}")),
         })?;
-        let result = check_result(&body, &caller, self.settings.accept_simulated)?;
+        let kinds: &[WorkloadKind] = if self.behaviour.is_some() {
+            &[WorkloadKind::GpuSelfTest, WorkloadKind::BehaviourProbes]
+        } else {
+            &[WorkloadKind::GpuSelfTest]
+        };
+        let result = check_result(&body, &caller, self.settings.accept_simulated, kinds)?;
+        match result.kind {
+            WorkloadKind::GpuSelfTest => self.accept_self_test(caller, result).await,
+            WorkloadKind::BehaviourProbes => self.accept_probes(caller, result).await,
+        }
+    }
+
+    async fn accept_self_test(
+        &self,
+        caller: PodIdentity,
+        result: WorkloadResult,
+    ) -> Result<(Receipt, bool), WorkloadError> {
         let evidence = self
             .evidence
             .get(&caller.node)
@@ -609,18 +954,20 @@ impl WorkloadApi {
                 current: evidence.evidence.nonce.clone(),
             });
         }
-        let pod = self
-            .pods
-            .pod(&caller.namespace, &caller.pod)
-            .await
-            .map_err(WorkloadError::Unavailable)?;
-        let attestation = check_pod(pod.as_ref(), &caller, &result)?;
+        let pod = self.workload_pod(&caller, &result.request_id).await?;
+        let attestation = gpu_owner(&pod, &caller)?;
         let accepted = AcceptedResult {
             node: caller.node.clone(),
             attestation,
             pod: format!("{}/{}", caller.namespace, caller.pod),
             result,
             received_at: Timestamp::now(),
+        };
+        let receipt = Receipt {
+            node: accepted.node.clone(),
+            request_id: accepted.result.request_id.clone(),
+            attestation: accepted.attestation.name.clone(),
+            passed: accepted.result.passed,
         };
         // A pod that retries after a lost response posts the same result again; a
         // different one for the same request would let it change its answer.
@@ -629,16 +976,139 @@ impl WorkloadApi {
             && previous.result.request_id == accepted.result.request_id
         {
             return if previous.result == accepted.result {
-                Ok(((*previous).clone(), false))
+                Ok((receipt, false))
             } else {
                 Err(WorkloadError::AlreadyReported(
                     accepted.result.request_id.clone(),
                 ))
             };
         }
-        self.results.accept(accepted.clone());
-        Ok((accepted, true))
+        self.results.accept(accepted);
+        Ok((receipt, true))
     }
+
+    async fn accept_probes(
+        &self,
+        caller: PodIdentity,
+        result: WorkloadResult,
+    ) -> Result<(Receipt, bool), WorkloadError> {
+        let (request, serving) = self.behaviour_request(&result.request_id, &caller)?;
+        check_probe_result(&result, &request)?;
+        let pod = self.workload_pod(&caller, &request.id).await?;
+        check_probe_owner(&pod, &caller, &request)?;
+        let receipt = Receipt {
+            node: caller.node.clone(),
+            request_id: request.id.clone(),
+            attestation: format!("{}/{}", request.model.namespace, request.model.name),
+            passed: result.passed,
+        };
+        let accepted = AcceptedProbes {
+            pod: format!("{}/{}", caller.namespace, caller.pod),
+            result,
+            received_at: Timestamp::now(),
+        };
+        match serving.requests.accept(&request.id, accepted) {
+            Ok(new) => Ok((receipt, new)),
+            Err(NotStored::NotCurrent) => Err(WorkloadError::NotCurrentRequest(request.id.clone())),
+            Err(NotStored::AlreadyReported) => {
+                Err(WorkloadError::AlreadyReported(request.id.clone()))
+            }
+        }
+    }
+}
+
+/// Counts a fetch and answers it (or its refusal).
+fn fetched(
+    api: &WorkloadApi,
+    id: &str,
+    what: &str,
+    r: Result<Response, WorkloadError>,
+) -> Response {
+    match r {
+        Ok(response) => {
+            api.metrics.fetches.with_label_values(&["served"]).inc();
+            tracing::debug!(request = %id, what, "model fetch served");
+            response
+        }
+        Err(e) => {
+            api.metrics.fetches.with_label_values(&[e.label()]).inc();
+            tracing::warn!(request = %id, what, error = %e, "model fetch refused");
+            e.into_response()
+        }
+    }
+}
+
+/// `GET /v1/workload-models/{id}/suite`
+async fn suite(
+    State(api): State<Arc<WorkloadApi>>,
+    AxumPath(id): AxumPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let (request, _) = api.authorise_fetch(&headers, &id).await?;
+        Ok((
+            [(header::CONTENT_TYPE, "application/yaml")],
+            Bytes::copy_from_slice(&request.suite),
+        )
+            .into_response())
+    }
+    .await;
+    fetched(&api, &id, "suite", r)
+}
+
+/// `GET /v1/workload-models/{id}/files`
+async fn files(
+    State(api): State<Arc<WorkloadApi>>,
+    AxumPath(id): AxumPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let (request, serving) = api.authorise_fetch(&headers, &id).await?;
+        let view = api.view(serving, &request).await?;
+        Ok(axum::Json(ModelFiles {
+            manifest_digest: request.manifest_digest.clone(),
+            files: view.files.clone(),
+        })
+        .into_response())
+    }
+    .await;
+    fetched(&api, &id, "files", r)
+}
+
+/// `GET /v1/workload-models/{id}/files/{*path}`: one listed file, streamed.
+async fn file(
+    State(api): State<Arc<WorkloadApi>>,
+    AxumPath((id, path)): AxumPath<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let r = async {
+        let (request, serving) = api.authorise_fetch(&headers, &id).await?;
+        if path.is_empty()
+            || path.starts_with('/')
+            || path.contains(['\\', '\0'])
+            || path
+                .split('/')
+                .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+        {
+            return Err(WorkloadError::Malformed(format!(
+                "{path:?} is not a model-relative path"
+            )));
+        }
+        let view = api.view(serving, &request).await?;
+        let listed = view
+            .file(&path)
+            .ok_or_else(|| WorkloadError::NoSuchFile(path.clone()))?;
+        let mut response = view.stream(listed).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(listed.size));
+        Ok(response)
+    }
+    .await;
+    fetched(&api, &id, "file", r)
 }
 
 /// `POST /v1/workload-results`
@@ -648,23 +1118,17 @@ async fn submit(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     match api.accept(&headers, body).await {
-        Ok((accepted, new)) => {
+        Ok((receipt, new)) => {
             let outcome = if new { "accepted" } else { "duplicate" };
             api.metrics.results.with_label_values(&[outcome]).inc();
             tracing::info!(
-                node = %accepted.node,
-                attestation = %accepted.attestation.name,
-                pod = %accepted.pod,
-                request = %accepted.result.request_id,
-                passed = accepted.result.passed,
+                node = %receipt.node,
+                attestation = %receipt.attestation,
+                request = %receipt.request_id,
+                passed = receipt.passed,
                 outcome,
                 "workload result accepted"
             );
-            let receipt = Receipt {
-                node: accepted.node,
-                request_id: accepted.result.request_id,
-                attestation: accepted.attestation.name,
-            };
             let status = if new {
                 StatusCode::ACCEPTED
             } else {
@@ -683,3 +1147,7 @@ async fn submit(
 #[cfg(test)]
 #[path = "workload_api_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "workload_probe_tests.rs"]
+mod probe_tests;

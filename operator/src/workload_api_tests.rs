@@ -20,12 +20,12 @@ use tower::ServiceExt;
 use super::*;
 use crate::evidence_api::{AcceptedEvidence, EvidenceSink};
 
-const WORKLOAD_SA: &str = "lotabots-workloads/lotabots-workload";
-const NONCE_A: &str = "aa00000000000000000000000000000000000000000000000000000000000000";
+pub(super) const WORKLOAD_SA: &str = "lotabots-workloads/lotabots-workload";
+pub(super) const NONCE_A: &str = "aa00000000000000000000000000000000000000000000000000000000000000";
 const NONCE_B: &str = "bb00000000000000000000000000000000000000000000000000000000000000";
 
 /// Token → review status.
-struct Reviews(HashMap<&'static str, TokenReviewStatus>);
+pub(super) struct Reviews(pub(super) HashMap<&'static str, TokenReviewStatus>);
 
 impl TokenReviewer for Reviews {
     fn review<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenReviewStatus, String>> {
@@ -42,7 +42,7 @@ impl TokenReviewer for Reviews {
 
 /// Pods by `namespace/name`; removable, to play a deleted pod.
 #[derive(Default)]
-struct Pods(Mutex<HashMap<String, Pod>>);
+pub(super) struct Pods(pub(super) Mutex<HashMap<String, Pod>>);
 
 impl PodSource for Pods {
     fn pod<'a>(
@@ -61,7 +61,7 @@ impl PodSource for Pods {
 }
 
 /// A review of a token of `user`, bound to pod `pod` (UID `uid-<pod>`) on `node`.
-fn review(user: &str, pod: Option<&str>, node: Option<&str>) -> TokenReviewStatus {
+pub(super) fn review(user: &str, pod: Option<&str>, node: Option<&str>) -> TokenReviewStatus {
     let mut extra = BTreeMap::new();
     if let Some(p) = pod {
         extra.insert(POD_NAME_EXTRA.to_owned(), vec![p.to_owned()]);
@@ -82,7 +82,7 @@ fn review(user: &str, pod: Option<&str>, node: Option<&str>) -> TokenReviewStatu
     }
 }
 
-const WORKLOAD_USER: &str = "system:serviceaccount:lotabots-workloads:lotabots-workload";
+pub(super) const WORKLOAD_USER: &str = "system:serviceaccount:lotabots-workloads:lotabots-workload";
 
 /// A workload pod on `node`, labelled with `request`, owned by GpuAttestation `fleet`.
 fn pod(name: &str, node: &str, request: &str) -> Pod {
@@ -112,7 +112,7 @@ fn pod(name: &str, node: &str, request: &str) -> Pod {
     }
 }
 
-fn evidence(node: &str, nonce: &str) -> AcceptedEvidence {
+pub(super) fn evidence(node: &str, nonce: &str) -> AcceptedEvidence {
     let doc: NodeEvidence = serde_json::from_value(json!({
         "schemaVersion": lotabots_crds::evidence::SCHEMA_VERSION,
         "nodeName": node,
