@@ -124,13 +124,37 @@ impl AgentProcess {
     /// Starts the agent of `identity.node` reporting simulated `profile` (its GPUs'
     /// UUIDs and serials derived from the node name, `NODE_NAME` as the downward API sets
     /// it) to the operator at `operator_url` (trusting `operator_ca`), with no workload
-    /// pods (the launcher has nowhere to run them here); waits until it is ready.
+    /// pods; waits until it is ready.
     pub async fn start(
         dir: &Path,
         identity: &PodIdentity,
         profile: &str,
         operator_url: &str,
         operator_ca: &Path,
+    ) -> Result<Self> {
+        Self::spawn(dir, identity, profile, operator_url, operator_ca, false).await
+    }
+
+    /// As [`Self::start`], with the pod launcher on: the agent launches workload pods in
+    /// the default workload namespace (kwok runs them as far as `Running`; the test plays
+    /// their processes).
+    pub async fn start_launching(
+        dir: &Path,
+        identity: &PodIdentity,
+        profile: &str,
+        operator_url: &str,
+        operator_ca: &Path,
+    ) -> Result<Self> {
+        Self::spawn(dir, identity, profile, operator_url, operator_ca, true).await
+    }
+
+    async fn spawn(
+        dir: &Path,
+        identity: &PodIdentity,
+        profile: &str,
+        operator_url: &str,
+        operator_ca: &Path,
+        launching: bool,
     ) -> Result<Self> {
         let binary = workspace_binary("lotabots-agent", "lotabots-agent")?;
         let token = identity
@@ -147,10 +171,12 @@ impl AgentProcess {
             .arg(operator_ca)
             .arg("--token-file")
             .arg(token)
-            .arg("--no-workloads")
             .env("NODE_NAME", &identity.node)
             .env("KUBECONFIG", &identity.kubeconfig)
             .env("LOTABOTS_LOG", "info");
+        if !launching {
+            cmd.arg("--no-workloads");
+        }
         let log = dir.join(format!("agent-{}.log", identity.node));
         let mut me = Self {
             node: identity.node.clone(),

@@ -44,8 +44,8 @@ enum Cmd {
     /// GPU node, apply config/samples, print the attestations once the operator judged
     /// them, and keep running until Ctrl-C.
     Up(UpArgs),
-    /// Build the operator, agent and webhook container images as archives
-    /// (`<out>/{operator,agent,webhook}.tar`, named ghcr.io/lotabots/<name>:<version>),
+    /// Build the container images as archives (`<out>/{operator,agent,webhook,
+    /// gpu-selftest,probe-runner}.tar`, named ghcr.io/lotabots/<name>:<version>),
     /// with crane and no container engine, from binaries cargo built; prints their sizes.
     Images(ImagesArgs),
 }

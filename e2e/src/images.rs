@@ -1,4 +1,7 @@
-//! Container images of the three binaries, built without a container engine (there is
+//! Container images of the five binaries — the operator, the agent and the webhook that
+//! the manifests run, and the two workload images the agent launches (the GPU self-test
+//! of a GpuAttestation's `workloadCheck`, the probe runner of a ModelAttestation's
+//! `behaviour`) — built without a container engine (there is
 //! none on the development and CI machines): go-containerregistry's `crane`, pinned in
 //! `e2e/testbins/packaging`, appends layer tarballs to an empty OCI base and sets the
 //! configuration, and writes each image as an archive (`docker load`, `podman load`,
@@ -6,7 +9,7 @@
 //!
 //! Each image is two layers on nothing:
 //!
-//! 1. the C runtime, identical in all three (so a registry and a node store it once):
+//! 1. the C runtime, identical in all five (so a registry and a node store it once):
 //!    the dynamic loader and exactly the shared libraries the binaries need (their ELF
 //!    `DT_NEEDED`, transitively), taken from Debian's `libc6` and `libgcc-s1` packages
 //!    of the version installed here — the glibc the binaries were linked against — plus
@@ -15,11 +18,11 @@
 //!    `/etc/group` naming the `nonroot` user 65532; and the CA bundle
 //!    `/etc/ssl/certs/ca-certificates.crt` (see [`CA_BUNDLE`]), which `SSL_CERT_FILE`
 //!    in every image's environment names;
-//! 2. the binary, `/usr/local/bin/lotabots-<component>`.
+//! 2. the binary, `/usr/local/bin/lotabots-…`.
 //!
-//! Why glibc and not static musl binaries: the agent needs glibc in any case (a static
-//! binary cannot `dlopen` the glibc-linked NVML), one shared runtime layer costs the
-//! other two images nothing, and a musl build would compile the whole dependency tree a
+//! Why glibc and not static musl binaries: the agent and the self-test need glibc in any
+//! case (a static binary cannot `dlopen` the glibc-linked NVML or `libcuda`), one shared
+//! runtime layer costs the other images nothing, and a musl build would compile the whole dependency tree a
 //! second time in CI (and needs a musl C compiler for ring, which Debian's `musl-tools`
 //! provides but the CI machines do not have).
 //!
@@ -103,28 +106,30 @@ pub const SSL_CERT_FILE_ENV: &str = "SSL_CERT_FILE=/etc/ssl/certs/ca-certificate
 /// One image.
 #[derive(Clone, Copy, Debug)]
 pub struct Component {
-    /// `operator`, `agent`, `webhook`: the image name under [`REPOSITORY`].
+    /// `operator`, `agent`, `webhook`, `gpu-selftest`, `probe-runner`: the image name
+    /// under [`REPOSITORY`].
     pub name: &'static str,
-    /// The binary, `lotabots-<name>`.
+    /// The binary.
     pub binary: &'static str,
-    /// The default arguments (`Cmd`): what the manifests run.
-    pub cmd: &'static str,
+    /// The default arguments (`Cmd`): what the manifests run. Empty for the workload
+    /// images, whose launcher passes everything in the environment.
+    pub cmd: &'static [&'static str],
     /// Environment besides `PATH`.
     pub env: &'static [&'static str],
 }
 
-/// The three images.
-pub const COMPONENTS: [Component; 3] = [
+/// The five images.
+pub const COMPONENTS: [Component; 5] = [
     Component {
         name: "operator",
         binary: "lotabots-operator",
-        cmd: "run",
+        cmd: &["run"],
         env: &[],
     },
     Component {
         name: "agent",
         binary: "lotabots-agent",
-        cmd: "run",
+        cmd: &["run"],
         // What NVIDIA's own images declare, so that the NVIDIA runtime injects NVML
         // also under `docker run --runtime nvidia`; the DaemonSet sets them too.
         env: &[
@@ -135,15 +140,37 @@ pub const COMPONENTS: [Component; 3] = [
     Component {
         name: "webhook",
         binary: "lotabots-webhook",
-        cmd: "serve",
+        cmd: &["serve"],
         env: &[],
     },
+    Component {
+        name: "gpu-selftest",
+        binary: "lotabots-gpu-selftest",
+        cmd: &[],
+        // The self-test loads libcuda at run time (no CUDA toolkit in the image): ask the
+        // NVIDIA runtime to inject the driver's compute libraries for the devices the
+        // device plugin allocated.
+        env: &["NVIDIA_DRIVER_CAPABILITIES=compute,utility"],
+    },
+    Component {
+        name: "probe-runner",
+        binary: "lotabots-probe-runner",
+        cmd: &[],
+        env: &["NVIDIA_DRIVER_CAPABILITIES=compute,utility"],
+    },
 ];
+
+/// Whether `c` is a workload image (launched by the agent, named by a GpuAttestation's
+/// `workloadCheck.image` or a ModelAttestation's `behaviour.image`) rather than a
+/// component the manifests deploy.
+pub fn is_workload(c: &Component) -> bool {
+    c.cmd.is_empty()
+}
 
 /// What to build.
 #[derive(Clone, Debug)]
 pub struct BuildOptions {
-    /// Where the three binaries are (a cargo profile directory, e.g. `target/release`).
+    /// Where the five binaries are (a cargo profile directory, e.g. `target/release`).
     pub bin_dir: PathBuf,
     /// Where the archives go (`<name>.tar`).
     pub out_dir: PathBuf,
@@ -212,7 +239,7 @@ pub fn head_commit() -> Result<String> {
     Ok(out.trim().to_owned())
 }
 
-/// Builds the three images of `opts` (see the module documentation).
+/// Builds the five images of `opts` (see the module documentation).
 pub fn build_all(opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
     let crane = packaging_tool("crane")?;
     fs::create_dir_all(&opts.out_dir)
@@ -281,8 +308,6 @@ pub fn build_all(opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
             staged.as_str(),
             "--entrypoint",
             entrypoint.as_str(),
-            "--cmd",
-            c.cmd,
             "--user",
             USER,
             "--workdir",
@@ -294,6 +319,9 @@ pub fn build_all(opts: &BuildOptions) -> Result<Vec<BuiltImage>> {
         ]
         .map(str::to_owned)
         .into();
+        if !c.cmd.is_empty() {
+            args.extend(["--cmd".to_owned(), c.cmd.join(",")]);
+        }
         args.extend(["--output".to_owned(), archive.display().to_string()]);
         args.extend(["--env".to_owned(), format!("PATH={BIN_DIR}")]);
         args.extend(["--env".to_owned(), SSL_CERT_FILE_ENV.to_owned()]);

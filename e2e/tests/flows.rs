@@ -1,5 +1,5 @@
 //! The product as a user runs it (issue 11's "GPU attestation" and "Resilience"
-//! scenarios): every lotabots component a process of its own binary with the credentials
+//! scenarios, issue 12's behavioural probes): every lotabots component a process of its own binary with the credentials
 //! its pod would have — the shipped RBAC of `config/rbac` applied with kustomize, the
 //! operator's kubeconfig a token of its ServiceAccount bound to an operator pod, each
 //! agent's two tokens (API server, operator) bound to an agent pod on its node — on the
@@ -14,6 +14,10 @@
 //!   `Ready`, with no bundle lost or duplicated; SeaweedFS stopped while verdicts change:
 //!   GCS gets every bundle, the outbox holds S3's, and once SeaweedFS is back every
 //!   bundle reaches S3.
+//! - Behavioural probes (issue 12, [`behaviour`]): a model's probe pod is launched by the
+//!   agent of an attested node, its process fetches the model and suite from the operator
+//!   with its pod-bound token, and the result becomes `Behaviour`, the verdict and the
+//!   signed statement.
 //!
 //! Operators reconcile every GpuAttestation of the cluster, so the scenarios take turns
 //! (one operator on the API server at a time) rather than running side by side.
@@ -45,6 +49,11 @@ use lotabots_store::objects::{
 use rand::RngCore;
 use serde_json::{Value, json};
 
+#[path = "flows/behaviour.rs"]
+mod behaviour;
+
+use behaviour::model_behaviour_probed_in_a_pod_on_an_attested_node;
+
 fn main() -> ExitCode {
     lotabots_e2e::suite::main(
         "flows",
@@ -57,6 +66,7 @@ fn main() -> ExitCode {
         &[
             scenario!(gpu_attestation_with_every_component_a_process),
             scenario!(operator_killed_and_s3_down_lose_nothing),
+            scenario!(model_behaviour_probed_in_a_pod_on_an_attested_node),
         ],
     )
 }

@@ -24,7 +24,7 @@ use std::{
 
 use lotabots_e2e::{
     images::{self, BIN_DIR, BuildOptions, COMPONENTS, LIB_DIR},
-    packaging,
+    packaging, repo_root,
 };
 use rustls::{
     RootCertStore,
@@ -85,7 +85,7 @@ fn images_build_validate_and_run_unpacked() {
     for c in COMPONENTS {
         assert!(
             bin_dir.join(c.binary).is_file(),
-            "{} is not built in {}: cargo build -p lotabots-operator -p lotabots-agent -p lotabots-webhook",
+            "{} is not built in {}: cargo build --workspace --bins",
             c.binary,
             bin_dir.display()
         );
@@ -94,9 +94,10 @@ fn images_build_validate_and_run_unpacked() {
     let opts = BuildOptions::release(bin_dir, out.path().to_path_buf(), Some(REVISION.to_owned()))
         .unwrap();
     let built = images::build_all(&opts).expect("images build");
-    assert_eq!(built.len(), 3);
+    assert_eq!(built.len(), COMPONENTS.len());
 
-    // The references are the images the manifests name.
+    // The references are the images the manifests run, and the workload images the
+    // samples name (a GpuAttestation's workloadCheck, a ModelAttestation's behaviour).
     let rendered = packaging::documents(
         &packaging::kustomize(&packaging::config_default()).expect("kustomize"),
     )
@@ -110,10 +111,31 @@ fn images_build_validate_and_run_unpacked() {
         })
         .map(|c| c["image"].as_str().unwrap().to_owned())
         .collect();
-    let references: BTreeSet<String> = built.iter().map(|b| b.reference.clone()).collect();
+    let (workloads, deployed): (Vec<&images::BuiltImage>, Vec<&images::BuiltImage>) = built
+        .iter()
+        .partition(|b| images::is_workload(&b.component));
+    let references: BTreeSet<String> = deployed.iter().map(|b| b.reference.clone()).collect();
     assert_eq!(
         references, named,
         "built images vs the images config/ names"
+    );
+    let samples = packaging::documents(
+        &packaging::kustomize(&repo_root().join("config/samples")).expect("kustomize samples"),
+    )
+    .unwrap();
+    let sampled: BTreeSet<String> = samples
+        .iter()
+        .filter_map(|o| {
+            o["spec"]["workloadCheck"]["image"]
+                .as_str()
+                .or(o["spec"]["behaviour"]["image"].as_str())
+        })
+        .map(str::to_owned)
+        .collect();
+    let workload_refs: BTreeSet<String> = workloads.iter().map(|b| b.reference.clone()).collect();
+    assert_eq!(
+        workload_refs, sampled,
+        "built workload images vs the images config/samples names"
     );
 
     let mut runtime_layers = BTreeSet::new();
@@ -131,7 +153,11 @@ fn images_build_validate_and_run_unpacked() {
         let entrypoint = format!("{BIN_DIR}/{}", c.binary);
         assert_eq!(cfg["User"], "65532:65532", "{}", c.name);
         assert_eq!(cfg["Entrypoint"], serde_json::json!([entrypoint]));
-        assert_eq!(cfg["Cmd"], serde_json::json!([c.cmd]));
+        if c.cmd.is_empty() {
+            assert!(cfg["Cmd"].is_null(), "{}: Cmd {}", c.name, cfg["Cmd"]);
+        } else {
+            assert_eq!(cfg["Cmd"], serde_json::json!(c.cmd));
+        }
         assert_eq!(cfg["WorkingDir"], "/");
         let env: Vec<&str> = cfg["Env"]
             .as_array()
