@@ -341,101 +341,14 @@ impl BehaviourRequests {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
-    use lotabots_crds::evidence::NodeEvidence;
-    use serde_json::json;
-
+mod tests {
     use super::*;
 
     fn at(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
     }
 
-    /// Evidence of `node` received at `received`, with `gpus` GPUs; the first carries a
-    /// MIG instance of each of `mig`.
-    pub(crate) fn evidence(
-        node: &str,
-        received: Timestamp,
-        gpus: usize,
-        mig: &[&str],
-    ) -> Arc<AcceptedEvidence> {
-        let gpu = |i: usize| {
-            let instances: Vec<_> = if i == 0 {
-                mig.iter()
-                    .enumerate()
-                    .map(|(n, p)| {
-                        json!({"id": n, "profileId": 0, "profileName": format!("MIG {p}"),
-                               "placementStart": 0, "placementSize": 1, "computeInstances": []})
-                    })
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            let unavailable = json!({"unavailable": {"code": "NotSupported", "message": "test"}});
-            let mut g = json!({
-                "index": i,
-                "confidentialComputing": {"attestationReport": unavailable, "certificates": unavailable},
-                "mig": {
-                    "mode": {"value": {"current": !instances.is_empty(), "pending": false}},
-                    "gpuInstanceProfiles": {"value": []},
-                    "gpuInstances": {"value": instances}
-                },
-            });
-            for f in [
-                "uuid",
-                "serial",
-                "productName",
-                "brand",
-                "architecture",
-                "boardPartNumber",
-                "pci",
-                "cudaComputeCapability",
-                "vbiosVersion",
-                "inforomImageVersion",
-                "gspFirmwareMode",
-                "gspFirmwareVersion",
-                "computeMode",
-                "memory",
-                "temperatureCelsius",
-                "powerUsageMilliwatts",
-                "powerLimitMilliwatts",
-                "runningComputeProcesses",
-                "eccMode",
-                "eccErrors",
-                "retiredPages",
-                "remappedRows",
-            ] {
-                g[f] = unavailable.clone();
-            }
-            g
-        };
-        let doc = json!({
-            "schemaVersion": lotabots_crds::evidence::SCHEMA_VERSION,
-            "nodeName": node,
-            "nonce": "aa".repeat(32),
-            "nonceOrigin": "verifier",
-            "collectedAt": received,
-            "collectionMicros": 1,
-            "backend": {"kind": "simulated", "profile": "test"},
-            "host": {
-                "driverVersion": {"value": "550.54.15"},
-                "cudaDriverVersion": {"value": "12.4"},
-                "nvmlVersion": {"value": "12.550.54.15"},
-                "confidentialComputing": {"value": {"enabled": false, "devToolsMode": false}}
-            },
-            "gpus": (0..gpus).map(gpu).collect::<Vec<_>>(),
-        });
-        let doc: NodeEvidence = match serde_json::from_value(doc.clone()) {
-            Ok(d) => d,
-            Err(e) => panic!("{e}: {doc}"),
-        };
-        Arc::new(AcceptedEvidence {
-            node: node.into(),
-            evidence: doc,
-            digest: format!("sha256:{node}"),
-            received_at: received,
-        })
-    }
+    use crate::test_evidence::shared as evidence;
 
     fn need(gpus: u32, mig: Option<&str>, attested_only: bool) -> NodeNeed {
         NodeNeed {

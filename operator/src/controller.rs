@@ -574,7 +574,6 @@ mod tests {
     use std::sync::Mutex as StdMutex;
 
     use kube::runtime::watcher;
-    use lotabots_crds::evidence::NonceOrigin;
     use lotabots_crds::gpu_attestation::GpuAttestationSpec;
 
     use super::*;
@@ -618,16 +617,15 @@ mod tests {
             writer.apply_watcher_event(&watcher::Event::Apply(n));
         }
         let evidence = Arc::new(LatestEvidence::default());
-        let backend = lotabots_agent_free_evidence();
         for node in attested {
-            let mut e = backend.clone();
-            e.node_name = (*node).into();
-            evidence.accept(AcceptedEvidence {
-                node: (*node).into(),
-                digest: "sha256:00".into(),
-                received_at: e.collected_at,
-                evidence: e,
-            });
+            evidence.accept(crate::test_evidence::accepted(
+                node,
+                &"00".repeat(32),
+                Timestamp::now(),
+                0,
+                &[],
+                "sha256:00",
+            ));
         }
         Context {
             recorder: Recorder::new(
@@ -680,27 +678,6 @@ mod tests {
                 Ok(())
             })
         }
-    }
-
-    /// Minimal evidence of one GPU with no policy-relevant facts: the empty policy
-    /// attests it.
-    fn lotabots_agent_free_evidence() -> lotabots_crds::evidence::NodeEvidence {
-        serde_json::from_value(json!({
-            "schemaVersion": lotabots_crds::evidence::SCHEMA_VERSION,
-            "nonce": "00".repeat(32),
-            "nonceOrigin": NonceOrigin::Verifier,
-            "collectedAt": Timestamp::now(),
-            "collectionMicros": 1,
-            "backend": {"kind": "simulated", "profile": "test"},
-            "host": {
-                "driverVersion": {"value": "550.54.15"},
-                "cudaDriverVersion": {"value": "12.4"},
-                "nvmlVersion": {"value": "12.550.54.15"},
-                "confidentialComputing": {"value": {"enabled": false, "devToolsMode": false}}
-            },
-            "gpus": []
-        }))
-        .unwrap()
     }
 
     const PRESENT: (&str, &str) = ("nvidia.com/gpu.present", "true");

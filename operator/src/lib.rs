@@ -21,6 +21,8 @@ pub mod run;
 pub mod status;
 #[cfg(test)]
 mod test_api;
+#[cfg(test)]
+mod test_evidence;
 pub mod tokens;
 pub mod verify_cmd;
 pub mod workload_api;

@@ -1049,7 +1049,7 @@ mod tests {
         let log = Arc::new(MemoryLog::default());
         let (mut ctx, key) = context(client, Some(log.clone()));
         let evidence = Arc::new(LatestEvidence::default());
-        let node = crate::behaviour::tests::evidence("node-a", Timestamp::now(), 1, &[]);
+        let node = crate::test_evidence::shared("node-a", Timestamp::now(), 1, &[]);
         crate::evidence_api::EvidenceSink::accept(&*evidence, (*node).clone());
         let registry = Arc::new(BehaviourRequests::default());
         ctx.behaviour = Some(BehaviourWiring {
@@ -1187,7 +1187,7 @@ mod tests {
         );
         let (mut ctx, _) = context(client, None);
         let evidence = Arc::new(LatestEvidence::default());
-        let node = crate::behaviour::tests::evidence("node-a", Timestamp::now(), 1, &[]);
+        let node = crate::test_evidence::shared("node-a", Timestamp::now(), 1, &[]);
         crate::evidence_api::EvidenceSink::accept(&*evidence, (*node).clone());
         ctx.behaviour = Some(BehaviourWiring {
             evidence,

@@ -10,7 +10,6 @@ use axum::http::Request;
 use http_body_util::BodyExt;
 use k8s_openapi::api::authentication::v1::UserInfo;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use lotabots_crds::evidence::NodeEvidence;
 use lotabots_crds::workload::{
     BandwidthCheck, DeviceSelfTest, MatmulCheck, MemoryCheck, SelfTestReport,
 };
@@ -113,29 +112,7 @@ fn pod(name: &str, node: &str, request: &str) -> Pod {
 }
 
 pub(super) fn evidence(node: &str, nonce: &str) -> AcceptedEvidence {
-    let doc: NodeEvidence = serde_json::from_value(json!({
-        "schemaVersion": lotabots_crds::evidence::SCHEMA_VERSION,
-        "nodeName": node,
-        "nonce": nonce,
-        "nonceOrigin": "verifier",
-        "collectedAt": Timestamp::now(),
-        "collectionMicros": 1,
-        "backend": {"kind": "simulated", "profile": "test"},
-        "host": {
-            "driverVersion": {"value": "550.54.15"},
-            "cudaDriverVersion": {"value": "12.4"},
-            "nvmlVersion": {"value": "12.550.54.15"},
-            "confidentialComputing": {"value": {"enabled": false, "devToolsMode": false}}
-        },
-        "gpus": []
-    }))
-    .unwrap();
-    AcceptedEvidence {
-        node: node.into(),
-        evidence: doc,
-        digest: "sha256:00".into(),
-        received_at: Timestamp::now(),
-    }
+    crate::test_evidence::accepted(node, nonce, Timestamp::now(), 0, &[], "sha256:00")
 }
 
 /// A passing (simulated or not) self-test result of `request` on `node`.

@@ -2,12 +2,10 @@
 
 use jiff::ToSpan;
 use lotabots_crds::conditions::{self, reason};
-use lotabots_crds::evidence::NodeEvidence;
 use lotabots_crds::workload::{
     BandwidthCheck, DeviceSelfTest, MatmulCheck, MemoryCheck, RESULT_SCHEMA_VERSION,
     SelfTestReport, WorkloadKind,
 };
-use serde_json::json;
 
 use super::*;
 use crate::status::build_status_with_workload;
@@ -36,29 +34,7 @@ fn attested(node: &str) -> NodeResult {
 }
 
 fn evidence(node: &str, received_at: Timestamp) -> AcceptedEvidence {
-    let doc: NodeEvidence = serde_json::from_value(json!({
-        "schemaVersion": lotabots_crds::evidence::SCHEMA_VERSION,
-        "nodeName": node,
-        "nonce": NONCE,
-        "nonceOrigin": "verifier",
-        "collectedAt": received_at,
-        "collectionMicros": 1,
-        "backend": {"kind": "simulated", "profile": "test"},
-        "host": {
-            "driverVersion": {"value": "550.54.15"},
-            "cudaDriverVersion": {"value": "12.4"},
-            "nvmlVersion": {"value": "12.550.54.15"},
-            "confidentialComputing": {"value": {"enabled": false, "devToolsMode": false}}
-        },
-        "gpus": []
-    }))
-    .unwrap();
-    AcceptedEvidence {
-        node: node.into(),
-        evidence: doc,
-        digest: "sha256:00".into(),
-        received_at,
-    }
+    crate::test_evidence::accepted(node, NONCE, received_at, 0, &[], "sha256:00")
 }
 
 fn device(ordinal: u32, gbps: f64) -> DeviceSelfTest {

@@ -17,14 +17,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
 use kube::api::PostParams;
 use lotabots_crds::conditions;
 use lotabots_crds::model_attestation::{BehaviourStatus, ModelAttestation, Verdict};
 use lotabots_crds::workload::{self, DEFAULT_NAMESPACE, MODEL_PATH, SERVICE_ACCOUNT};
-use lotabots_e2e::agent_process::{AgentProcess, pod_identity};
+use lotabots_e2e::agent_process::{AgentProcess, bound_token, pod_identity};
 use lotabots_e2e::agents::AUDIENCE;
 use lotabots_e2e::operator_process::workspace_binary;
 use lotabots_e2e::packaging::kubectl;
@@ -119,8 +118,19 @@ pub async fn model_behaviour_probed_in_a_pod_on_an_attested_node(ctx: Ctx) -> Re
     let pod_api = Api::<Pod>::namespaced(ctx.client(), DEFAULT_NAMESPACE);
     let good_pod = launched(&pod_api, &passes).await?;
     let bad_pod = launched(&pod_api, &fails).await?;
-    let good_token = pod_token(&ctx, &good_pod).await?;
-    let bad_token = pod_token(&ctx, &bad_pod).await?;
+    // Tokens of the workload ServiceAccount bound to each pod, as the kubelet projects.
+    let client = ctx.client();
+    let token = |pod| {
+        bound_token(
+            &client,
+            DEFAULT_NAMESPACE,
+            SERVICE_ACCOUNT,
+            pod,
+            workload::TOKEN_AUDIENCE,
+        )
+    };
+    let good_token = token(&good_pod).await?;
+    let bad_token = token(&bad_pod).await?;
 
     // A pod's token fetches nothing of another pod's request.
     let http = reqwest::Client::builder()
@@ -329,29 +339,6 @@ async fn launched(api: &Api<Pod>, request: &BehaviourStatus) -> Result<Pod> {
         "{name} is not the workload ServiceAccount's without an automounted token"
     );
     Ok(pod)
-}
-
-/// A token of the workload ServiceAccount bound to `pod`, as the kubelet projects it.
-async fn pod_token(ctx: &Ctx, pod: &Pod) -> Result<String> {
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![workload::TOKEN_AUDIENCE.into()]),
-            expiration_seconds: Some(600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: pod.metadata.name.clone(),
-                uid: pod.metadata.uid.clone(),
-            }),
-        }),
-        ..Default::default()
-    };
-    Api::<ServiceAccount>::namespaced(ctx.client(), DEFAULT_NAMESPACE)
-        .create_token_request(SERVICE_ACCOUNT, &PostParams::default(), &req)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .context("a TokenRequest without token")
 }
 
 /// Runs the probe runner as the pod would: the container's environment, with the
