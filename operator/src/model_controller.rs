@@ -526,6 +526,8 @@ async fn plan_behaviour(
     };
     let nonce = chosen.evidence.nonce.clone();
     let request = BehaviourStatus {
+        // The time is part of it: a request that replaces a timed-out one on the same
+        // node and evidence still names a new pod, which the agent launches afresh.
         request_id: behaviour::request_id(&[
             &model.uid,
             &generation.unwrap_or_default().to_string(),
@@ -533,6 +535,7 @@ async fn plan_behaviour(
             &suite_digest,
             &chosen.node,
             &nonce,
+            &now.to_string(),
         ]),
         node: chosen.node.clone(),
         nonce,
@@ -1215,7 +1218,9 @@ mod tests {
                 .unwrap();
         let mut stale = first.clone();
         let old = stale.behaviour.as_mut().unwrap();
-        old.request_id = "0".repeat(32);
+        // The same node and the same evidence as the first request: the replacement must
+        // still name another pod.
+        let old_id = old.request_id.clone();
         // 10m timeout + 2m grace, and a little more.
         old.requested_at = Time(Timestamp::now() - jiff::SignedDuration::from_secs(13 * 60));
         att.status = Some(stale);
@@ -1227,12 +1232,12 @@ mod tests {
         assert_eq!(c["status"], "Unknown");
         assert_eq!(c["reason"], "TimedOut");
         let message = c["message"].as_str().unwrap();
-        assert!(message.contains(&"0".repeat(32)), "{message}");
+        assert!(message.contains(&old_id), "{message}");
         assert!(message.contains("requested on node node-a"), "{message}");
-        assert_ne!(status["behaviour"]["requestId"], json!("0".repeat(32)));
+        assert_ne!(status["behaviour"]["requestId"], json!(old_id));
         assert_eq!(status["verdict"], "Unknown");
         let requests_now = &ctx.behaviour.as_ref().unwrap().requests;
-        assert!(requests_now.get(&"0".repeat(32)).is_none());
+        assert!(requests_now.get(&old_id).is_none());
         assert_eq!(requests_now.len(), 1);
     }
 
