@@ -246,10 +246,8 @@ pub async fn run_loop_launching(
                 backoff(failures)
             }
         };
-        if let Some(l) = &launcher
-            && let Err(e) = l.reap().await
-        {
-            tracing::warn!(error = %e, "cannot reap finished workload pods");
+        if let Some(l) = &launcher {
+            l.reap_logged().await;
         }
         if idle {
             tokio::select! {

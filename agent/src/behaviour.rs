@@ -295,7 +295,9 @@ pub async fn run(client: kube::Client, launcher: Arc<Launcher>) {
     loop {
         launch_pass(&store, &launcher, &mut launches).await;
         tokio::select! {
-            () = tokio::time::sleep(RECHECK) => {}
+            // Probe pods end on their own schedule, not the attestation rounds': finished
+            // ones are also cleared on this cadence.
+            () = tokio::time::sleep(RECHECK) => launcher.reap_logged().await,
             () = changed.notified() => {}
             _ = &mut watch => {
                 tracing::error!("the ModelAttestation watch ended");

@@ -348,6 +348,13 @@ impl Launcher {
         Ok(deleted)
     }
 
+    /// [`Self::reap`], logging a failure (the next call tries again).
+    pub async fn reap_logged(&self) {
+        if let Err(e) = self.reap().await {
+            tracing::warn!(error = %e, "cannot reap finished workload pods");
+        }
+    }
+
     /// Whether the pod records an owner in another namespace that no longer exists (by
     /// UID: an object recreated under the same name is another owner). When the owner
     /// cannot be read (RBAC, API down) the pod is kept: its deadline and TTL still end it.

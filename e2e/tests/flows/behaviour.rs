@@ -10,8 +10,9 @@
 //! its parameters, runs the suite and posts the result.
 //!
 //! Checked: `Behaviour` and `Ready` of both, the verdicts and reasons, the request's node
-//! and node attestation, the signed statement's `behaviour` in the evidence store, and
-//! that a pod's token fetches nothing of another request.
+//! and node attestation, the signed statement's `behaviour` in the evidence store, that
+//! a pod's token fetches nothing of another request, and that the agent deletes the
+//! probe pods once they succeeded or their ModelAttestation is gone.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use lotabots_crds::conditions;
 use lotabots_crds::model_attestation::{BehaviourStatus, ModelAttestation, Verdict};
 use lotabots_crds::workload::{self, DEFAULT_NAMESPACE, MODEL_PATH, SERVICE_ACCOUNT};
@@ -42,6 +43,9 @@ use super::{
 
 /// The node the GpuAttestation attests, and so the only one probes may run on.
 const NODE: &str = "gpu-h100-0";
+/// How long the agent may take to delete a finished probe pod: it reaps every 30 s when
+/// no ModelAttestation changes, and after each attestation round.
+const REAP_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the runner may take on two CPU cores (hash 90 MB, load, embed a few texts).
 const RUNNER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -207,18 +211,50 @@ pub async fn model_behaviour_probed_in_a_pod_on_an_attested_node(ctx: Ctx) -> Re
 
     statement_carries_the_behaviour(&ctx, &install, &passes).await?;
 
+    // Clean-up by the agent: the passing pod's process exited 0 (the kubelet would mark
+    // it Succeeded; kwok does not), the failing one's ModelAttestation is deleted (its
+    // pod carries the owner by label, in another namespace).
+    let cleanup = Instant::now();
+    pod_api
+        .patch_status(
+            &name_of(&good_pod),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+    mas.delete("fails", &DeleteParams::default()).await?;
+    for (pod, why) in [(&good_pod, "it succeeded"), (&bad_pod, "its owner is gone")] {
+        let name = name_of(pod);
+        wait::until(
+            &format!("the agent to delete {name}: {why}"),
+            REAP_TIMEOUT,
+            || {
+                let (api, name) = (pod_api.clone(), name.clone());
+                async move { Ok(api.get_opt(&name).await?.is_none().then_some(())) }
+            },
+        )
+        .await?;
+    }
+    let reaped_after = cleanup.elapsed();
+
     eprintln!(
         "behaviour: requests written {:.1} s after creation; probe run of the passing suite \
-         (fetch {} MB from the operator, verify, load, {} probes) {run_secs:.1} s",
+         (fetch {} MB from the operator, verify, load, {} probes) {run_secs:.1} s; both \
+         probe pods deleted by the agent {:.1} s after they were done",
         requested_after.as_secs_f64(),
         passes.model_bytes / 1_000_000,
         result.probes.len(),
+        reaped_after.as_secs_f64(),
     );
     agent.check_running()?;
     operator.check_running()?;
     drop(agent);
     operator.stop()?;
     Ok(())
+}
+
+fn name_of(pod: &Pod) -> String {
+    pod.metadata.name.clone().unwrap_or_default()
 }
 
 /// The MiniLM model `e2e/setup-stores.sh` fetched.
