@@ -7,7 +7,7 @@
 //! after a restart), the workload API authorises probe pods and stores their results in
 //! it, and a stored result wakes the controller for its ModelAttestation at once.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -295,6 +295,24 @@ impl BehaviourRequests {
         }
     }
 
+    /// Forgets the requests of every ModelAttestation whose UID is not in `live`: the
+    /// deleted ones (the controller has no finalizer, so nothing else says they are gone).
+    pub fn retain_models(&self, live: &HashSet<String>) {
+        let mut inner = self.lock();
+        let gone: Vec<String> = inner
+            .by_model
+            .keys()
+            .filter(|uid| !live.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            if let Some(id) = inner.by_model.remove(&uid) {
+                inner.requests.remove(&id);
+                inner.results.remove(&id);
+            }
+        }
+    }
+
     /// The current request `id`.
     pub fn get(&self, id: &str) -> Option<Arc<CurrentRequest>> {
         self.lock().requests.get(id).cloned()
@@ -435,6 +453,34 @@ mod tests {
             chosen.len() > 2,
             "32 models over 8 nodes use more than 2: {chosen:?}"
         );
+    }
+
+    fn request(id: &str, uid: &str) -> CurrentRequest {
+        CurrentRequest {
+            id: id.into(),
+            model: ModelRef {
+                namespace: "team".into(),
+                name: uid.into(),
+                uid: uid.into(),
+            },
+            node: "node-a".into(),
+            nonce: "aa".repeat(32),
+            manifest_digest: sha256_digest(b"manifest"),
+            suite_digest: sha256_digest(b"suite"),
+            suite: Arc::from(&b"suite"[..]),
+            spec: serde_json::from_value(serde_json::json!({"source": {"uri": "s3://models/m"}}))
+                .unwrap(),
+        }
+    }
+
+    #[test]
+    fn requests_of_deleted_model_attestations_are_forgotten() {
+        let registry = BehaviourRequests::default();
+        registry.register(request("1", "uid-kept"));
+        registry.register(request("2", "uid-deleted"));
+        registry.retain_models(&HashSet::from(["uid-kept".to_owned()]));
+        assert!(registry.get("1").is_some());
+        assert!(registry.get("2").is_none());
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! judgement it keeps in memory (the model is not hashed again for that, nor while the
 //! request waits). A request without result past `timeout` plus two minutes is replaced.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use lotabots_crds::conditions::{self, reason, status as cstatus};
@@ -219,21 +220,55 @@ pub async fn run_with_behaviour(
         judged: Mutex::default(),
     });
     let controller = Controller::new(api, watcher::Config::default());
+    let pruning = prune_deleted(controller.store(), context.clone());
     let controller = match wakeups {
         // `reconcile_on` (one object) is behind an unstable kube feature; reconciling
         // all is cheap, as every other ModelAttestation's status is still fresh.
         Some(wakeups) => controller.reconcile_all_on(wakeups.map(|_| ())),
         None => controller,
     };
-    controller
+    let running = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "model reconcile did not complete");
             }
-        })
-        .await;
+        });
+    // The pruning never ends: the controller's end (shutdown) ends both.
+    tokio::select! {
+        () = running => {}
+        () = pruning => {}
+    }
+}
+
+/// How often what the controller keeps in memory per ModelAttestation (the last
+/// judgement, the behaviour request and its result) is dropped for deleted ones.
+const PRUNE_EVERY: Duration = Duration::from_secs(300);
+
+/// Every [`PRUNE_EVERY`], forgets the ModelAttestations no longer in `store`: without a
+/// finalizer no reconcile sees a deletion.
+async fn prune_deleted(store: Store<ModelAttestation>, ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+    loop {
+        tick.tick().await;
+        if store.wait_until_ready().await.is_err() {
+            // The controller's watch is gone: it is ending, and ends this with it.
+            std::future::pending::<()>().await;
+        }
+        let live: HashSet<String> = store
+            .state()
+            .iter()
+            .filter_map(|a| a.metadata.uid.clone())
+            .collect();
+        ctx.judged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|uid, _| live.contains(uid));
+        if let Some(wiring) = &ctx.behaviour {
+            wiring.requests.retain_models(&live);
+        }
+    }
 }
 
 async fn reconcile(att: Arc<ModelAttestation>, ctx: Arc<Context>) -> Result<Action, Error> {
