@@ -211,7 +211,7 @@ pub enum WorkloadError {
     UnsupportedSchema(String),
     /// A kind this endpoint does not fold.
     #[error(
-        "kind {0:?} is not accepted here: this operator folds gpuSelfTest results only (behaviour probes are not wired)"
+        "kind {0:?} is not accepted here: this operator runs without the behavioural check, so it folds gpuSelfTest results only"
     )]
     UnsupportedKind(String),
     /// The result names another node than the token.
