@@ -277,7 +277,9 @@ impl Webhook {
 /// reference replaced by `url` (`https://127.0.0.1:PORT`) and its `caBundle` by `ca_pem`.
 /// With `scope` (a name and namespaces) it is renamed and, on top of its own selectors,
 /// sent only the requests of those namespaces: so that scenarios running side by side on
-/// one API server each see only their own webhook.
+/// one API server each see only their own webhook. The selectors add up, so a webhook
+/// limited to the workload namespace (`agent-pod-deletes.webhook.lotabots.io`) is sent
+/// nothing unless `namespaces` holds it.
 pub fn webhook_configuration(
     url: &str,
     ca_pem: &str,

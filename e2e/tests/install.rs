@@ -190,7 +190,7 @@ async fn the_e2e_overlay_installs_and_its_pods_are_admitted(ctx: Ctx) -> Result<
             .await?,
     )?;
     let webhooks = vwc["webhooks"].as_array().context("no webhooks")?;
-    ensure!(webhooks.len() == 3, "{} webhooks", webhooks.len());
+    ensure!(webhooks.len() == 4, "{} webhooks", webhooks.len());
     for w in webhooks {
         let url = w["clientConfig"]["url"].as_str().unwrap_or_default();
         ensure!(

@@ -12,7 +12,10 @@
 //! - `an_agent_token_launches_on_its_own_node_only`: the agent's ServiceAccount, with a
 //!   token bound to its pod on node B (what the kubelet projects), launches a workload pod
 //!   for node B; the same launcher asking for node A is refused by the webhook with both
-//!   nodes named, and RBAC refuses it any other namespace.
+//!   nodes named, and RBAC refuses it any other namespace. Deletes are bound the same way:
+//!   the agent may not delete a workload pod on node A (refused, both nodes named), its
+//!   reaper deletes its own node's finished pod, and the garbage collector (not an agent)
+//!   still deletes pods there.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -62,7 +65,8 @@ fn main() -> ExitCode {
 
 /// The workload namespace, its ServiceAccount, NetworkPolicy and the agent's Role, applied
 /// from `config/workloads`; the operator CA ConfigMap the pods project; and the webhook,
-/// registered for the workload namespace — once for the whole binary, since the webhook
+/// registered for the workload namespace (pod creates and, by
+/// `agent-pod-deletes.webhook.lotabots.io`, pod deletes) — once for the whole binary, since the webhook
 /// fails closed and must outlive every scenario that creates pods there.
 async fn setup(ctx: &Ctx) -> Result<()> {
     static ONCE: OnceCell<Result<Arc<Webhook>, String>> = OnceCell::const_new();
@@ -398,12 +402,63 @@ async fn an_agent_token_launches_on_its_own_node_only(ctx: Ctx) -> Result<()> {
         res => bail!("the agent created a pod in default: {res:?}"),
     }
 
+    // Deletes are bound too: a workload pod on node A (created by an administrator) is
+    // not the agent on node B's to delete; the webhook refuses, naming both nodes. It
+    // carries no launcher labels, so that the other scenario's launcher on node A, running
+    // at the same time, does not count it.
+    let mut on_a = lotabots_agent::launcher::spec::build(&other, &PodSettings::new("https://x"))?;
+    on_a.metadata.labels = None;
+    pods_api.create(&PostParams::default(), &on_a).await?;
+    pods::wait_running(
+        &pods_api,
+        &other.pod_name(),
+        lotabots_e2e::agents::POD_TIMEOUT,
+    )
+    .await?;
+    let agent_pods = Api::<Pod>::namespaced(agent.clone(), DEFAULT_NAMESPACE);
+    match agent_pods
+        .delete(&other.pod_name(), &DeleteParams::background())
+        .await
+    {
+        Err(kube::Error::Api(s)) => ensure!(
+            s.code == 403
+                && s.message.contains("agent-pod-deletes.webhook.lotabots.io")
+                && s.message.contains(&format!("runs on node \"{NODE_B}\""))
+                && s.message.contains(&format!("pinned to node \"{NODE_A}\"")),
+            "refused, but not for its node: {} {}",
+            s.code,
+            s.message
+        ),
+        res => bail!("the agent on {NODE_B} deleting a pod on {NODE_A}: {res:?}"),
+    }
+    ensure!(
+        pods_api.get_opt(&other.pod_name()).await?.is_some(),
+        "the pod on {NODE_A} is gone"
+    );
+
+    // Its own node's pod, once it succeeded: the agent's reaper deletes it.
+    pods_api
+        .patch_status(
+            &own.pod_name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await?;
+    let reaped = on_b.reap().await?;
+    ensure!(
+        reaped == vec![(own.pod_name(), ReapReason::Succeeded)],
+        "the agent on {NODE_B} reaped {reaped:?}"
+    );
+    wait_gone(&pods_api, &own.pod_name(), "reaped by its agent").await?;
+
+    // Anyone else's deletes are not bound: the garbage collector removes the pod on
+    // node A with its owner.
     Api::<GpuAttestation>::all(client.clone())
         .delete(&ctx.name("agent"), &DeleteParams::background())
         .await?;
     wait_gone(
         &pods_api,
-        &own.pod_name(),
+        &other.pod_name(),
         "garbage collected with its owner",
     )
     .await?;

@@ -275,7 +275,11 @@ fn describe(req: &AdmissionRequest) -> String {
         .clone()
         .filter(|n| !n.is_empty())
         .or_else(|| {
-            let meta = req.object.as_ref()?.get("metadata")?;
+            let meta = req
+                .object
+                .as_ref()
+                .or(req.old_object.as_ref())?
+                .get("metadata")?;
             meta.get("name")
                 .or_else(|| meta.get("generateName"))
                 .and_then(Value::as_str)
@@ -289,9 +293,11 @@ fn describe(req: &AdmissionRequest) -> String {
 }
 
 fn decide(policy: &Policy, req: &AdmissionRequest) -> Verdict {
-    // DELETE carries no new object and CONNECT no pod spec; neither can add a mount.
-    if matches!(req.operation, Operation::Delete | Operation::Connect) {
-        return Verdict::default();
+    match req.operation {
+        // CONNECT carries no pod spec and cannot add a mount.
+        Operation::Connect => return Verdict::default(),
+        Operation::Delete => return decide_delete(policy, req),
+        Operation::Create | Operation::Update => {}
     }
     let group = req.kind.group.as_str();
     if let Some(k) = LotabotsKind::from_group_kind(group, &req.kind.kind) {
@@ -389,6 +395,26 @@ fn decide(policy: &Policy, req: &AdmissionRequest) -> Verdict {
     Verdict {
         violations,
         ..Verdict::default()
+    }
+}
+
+/// A DELETE carries no new object, so it cannot add a mount; only an agent's delete of a
+/// pod is checked, against its node ([`node_binding::check_pod_delete`]).
+fn decide_delete(policy: &Policy, req: &AdmissionRequest) -> Verdict {
+    if PodBearingKind::from_group_kind(&req.kind.group, &req.kind.kind) != Some(PodBearingKind::Pod)
+    {
+        return Verdict::default();
+    }
+    let old = req.old_object.as_ref();
+    let namespace = request_namespace(req, old.unwrap_or(&Value::Null));
+    match node_binding::check_pod_delete(
+        &policy.agent_pods,
+        Requester(req.user_info.as_ref()),
+        namespace,
+        old,
+    ) {
+        Binding::Denied(why) => Verdict::rejected(403, "Forbidden", why),
+        Binding::NotAgent | Binding::Allowed => Verdict::default(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Node binding of agent-created pods: an agent launches workload pods on its own node
-//! only.
+//! Node binding of agents' pods: an agent launches and deletes workload pods on its own
+//! node only.
 //!
 //! The agent's ServiceAccount may create pods in the workload namespace (a Role there).
 //! RBAC cannot say "on your own node", so this rule does: a pod created or changed by one
@@ -14,6 +14,15 @@
 //!   and a token without a node (a legacy Secret token, a TokenRequest not bound to a pod)
 //!   cannot start any.
 //!
+//! The same binding holds for deletes: the Role also lets agents delete pods there (to
+//! clear their finished workload pods), so an agent's DELETE of a pod is admitted only if
+//! the pod (the review's `oldObject`) is in the workload namespace and pinned to the
+//! agent's node by the same rules; a scheduled pod has `spec.nodeName`. A compromised
+//! agent therefore cannot delete other nodes' workload pods either. The configuration
+//! sends pod deletes only for the workload namespace (`agent-pod-deletes.webhook.lotabots.io`),
+//! so that a webhook outage blocks no other pod deletion in the cluster; deletes by anyone
+//! else (the garbage collector, users, the operator) are allowed unread.
+//!
 //! An agent creating any other pod-bearing object (Deployment, Job, …) is denied too: its
 //! pods would be created by a controller, not by the agent, and escape this check. The
 //! rule is not a mode-able policy rule: it is always enforced for the configured
@@ -26,6 +35,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::policy::PolicyError;
+use crate::workloads::{ExtractError, PodBearingKind, extract_pod};
 
 /// `userInfo.extra` key holding the node of the pod a ServiceAccount token is bound to.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
@@ -210,6 +220,90 @@ pub enum Binding {
     Denied(String),
 }
 
+/// What an agent does to a pod: the same binding holds for both, only the words differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PodAction {
+    /// CREATE (and UPDATE, which must keep the pod on the agent's node).
+    Create,
+    /// DELETE: an agent clears its own node's workload pods, and no other node's.
+    Delete,
+}
+
+impl PodAction {
+    fn verb(self) -> &'static str {
+        match self {
+            PodAction::Create => "create",
+            PodAction::Delete => "delete",
+        }
+    }
+
+    fn rule(self) -> &'static str {
+        match self {
+            PodAction::Create => "an agent launches pods on its own node only",
+            PodAction::Delete => "an agent deletes pods on its own node only",
+        }
+    }
+}
+
+/// An agent's request in the workload namespace, with the node its token is bound to.
+struct BoundAgent<'a> {
+    user: &'a str,
+    node: &'a str,
+}
+
+impl<'a> BoundAgent<'a> {
+    /// `Ok(None)` when `who` is not an agent; the agent and its token's node when it acts in
+    /// the workload namespace with a token bound to exactly one node; else why not.
+    fn of(
+        rule: &AgentPods,
+        who: Requester<'a>,
+        action: PodAction,
+        namespace: &str,
+    ) -> Result<Option<Self>, String> {
+        let Some(user) = who.username().filter(|u| rule.is_agent(u)) else {
+            return Ok(None);
+        };
+        if namespace != rule.namespace {
+            return Err(format!(
+                "{user} may {} pods only in namespace {:?}, not in {namespace:?}",
+                action.verb(),
+                rule.namespace
+            ));
+        }
+        let node = match who.extra(NODE_NAME_EXTRA)? {
+            None => {
+                return Err(format!(
+                    "{user}'s token is not bound to a pod on a node (no {NODE_NAME_EXTRA} in userInfo.extra); \
+                     agents must use their pod-bound token"
+                ));
+            }
+            Some(v) => match v.as_slice() {
+                [n] if !n.is_empty() => *n,
+                _ => {
+                    return Err(format!(
+                        "{user}'s token names {} nodes in {NODE_NAME_EXTRA}; expected exactly one",
+                        v.len()
+                    ));
+                }
+            },
+        };
+        Ok(Some(Self { user, node }))
+    }
+
+    /// Whether the pod (`spec` at `spec_path`) is pinned to this agent's node.
+    fn check_pinned(&self, action: PodAction, spec: &PodSpec, spec_path: &str) -> Binding {
+        let (user, token_node) = (self.user, self.node);
+        match pinned_node(spec, spec_path) {
+            Err(e) => Binding::Denied(format!("{user} on node {token_node:?}: {e}")),
+            Ok(pod_node) if pod_node != token_node => Binding::Denied(format!(
+                "{user} runs on node {token_node:?} but the pod is pinned to node {pod_node:?}; {}",
+                action.rule()
+            )),
+            Ok(_) => Binding::Allowed,
+        }
+    }
+}
+
 /// Applies the rule to a pod (`spec` at `spec_path`) in `namespace`, created or changed by
 /// `who`.
 pub fn check_pod(
@@ -219,40 +313,46 @@ pub fn check_pod(
     spec: &PodSpec,
     spec_path: &str,
 ) -> Binding {
-    let Some(user) = who.username().filter(|u| rule.is_agent(u)) else {
-        return Binding::NotAgent;
-    };
-    if namespace != rule.namespace {
-        return Binding::Denied(format!(
-            "{user} may create pods only in namespace {:?}, not in {namespace:?}",
-            rule.namespace
-        ));
+    match BoundAgent::of(rule, who, PodAction::Create, namespace) {
+        Ok(None) => Binding::NotAgent,
+        Ok(Some(agent)) => agent.check_pinned(PodAction::Create, spec, spec_path),
+        Err(why) => Binding::Denied(why),
     }
-    let token_node = match who.extra(NODE_NAME_EXTRA) {
-        Err(e) => return Binding::Denied(e),
-        Ok(None) => {
-            return Binding::Denied(format!(
-                "{user}'s token is not bound to a pod on a node (no {NODE_NAME_EXTRA} in userInfo.extra); \
-                 agents must use their pod-bound token"
-            ));
-        }
-        Ok(Some(v)) => match v.as_slice() {
-            [n] if !n.is_empty() => *n,
-            _ => {
-                return Binding::Denied(format!(
-                    "{user}'s token names {} nodes in {NODE_NAME_EXTRA}; expected exactly one",
-                    v.len()
-                ));
-            }
-        },
+}
+
+/// Applies the rule to the deletion by `who` of a pod in `namespace`; `old_object` is the
+/// pod as stored (the AdmissionReview's `oldObject`). Nothing about it is read unless `who`
+/// is an agent, so that an odd `oldObject` never blocks anyone else's delete; an agent's
+/// delete of a pod that cannot be read is denied.
+pub fn check_pod_delete(
+    rule: &AgentPods,
+    who: Requester<'_>,
+    namespace: &str,
+    old_object: Option<&Value>,
+) -> Binding {
+    let agent = match BoundAgent::of(rule, who, PodAction::Delete, namespace) {
+        Ok(None) => return Binding::NotAgent,
+        Ok(Some(agent)) => agent,
+        Err(why) => return Binding::Denied(why),
     };
-    match pinned_node(spec, spec_path) {
-        Err(e) => Binding::Denied(format!("{user} on node {token_node:?}: {e}")),
-        Ok(pod_node) if pod_node != token_node => Binding::Denied(format!(
-            "{user} runs on node {token_node:?} but the pod is pinned to node {pod_node:?}; \
-             an agent launches pods on its own node only"
+    let Some(old) = old_object.filter(|v| !v.is_null()) else {
+        return Binding::Denied(format!(
+            "{} on node {:?}: request.oldObject is missing, so the pod's node is unknown",
+            agent.user, agent.node
+        ));
+    };
+    let pod = extract_pod(PodBearingKind::Pod, old).and_then(|p| {
+        p.ok_or(ExtractError::Missing {
+            path: "spec".into(),
+            kind: PodBearingKind::Pod,
+        })
+    });
+    match pod {
+        Ok(pod) => agent.check_pinned(PodAction::Delete, &pod.spec, pod.spec_path),
+        Err(e) => Binding::Denied(format!(
+            "{} on node {:?}: cannot read the pod being deleted (request.oldObject): {e}",
+            agent.user, agent.node
         )),
-        Ok(_) => Binding::Allowed,
     }
 }
 

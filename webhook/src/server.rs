@@ -31,7 +31,9 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// give pods, workloads and the lotabots resources different failure policies, as Pod
 /// Security Admission's own layout does.
 ///
-/// Pods (and `pods/ephemeralcontainers`): enforced violations deny.
+/// Pods (and `pods/ephemeralcontainers`): enforced violations deny. Also the path of the
+/// pod deletes in the workload namespace (`agent-pod-deletes.webhook.lotabots.io`), where
+/// an agent's delete is bound to its node ([`crate::node_binding`]).
 pub const PODS_PATH: &str = "/validate/pods";
 /// Workloads: enforced violations come back as warnings (the pods they create are denied
 /// at the pods path).

@@ -17,6 +17,9 @@ fn config() -> ValidatingWebhookConfiguration {
     serde_yaml::from_str(&text).unwrap()
 }
 
+/// The webhook that binds agents' pod deletes to their nodes.
+const AGENT_POD_DELETES: &str = "agent-pod-deletes.webhook.lotabots.io";
+
 fn kind_of(group: &str, resource: &str) -> Option<&'static str> {
     Some(match (group, resource) {
         ("", "pods") | ("", "pods/ephemeralcontainers") => "Pod",
@@ -38,7 +41,7 @@ fn kind_of(group: &str, resource: &str) -> Option<&'static str> {
 fn webhook_configuration_is_safe() {
     let c = config();
     let hooks = c.webhooks.unwrap();
-    assert_eq!(hooks.len(), 3);
+    assert_eq!(hooks.len(), 4);
     let mut kinds_covered = Vec::new();
     for h in &hooks {
         assert_eq!(h.side_effects, "None", "{}", h.name);
@@ -47,13 +50,19 @@ fn webhook_configuration_is_safe() {
         assert_eq!(h.admission_review_versions, vec!["v1"]);
         let sel = h.namespace_selector.as_ref().expect("namespaceSelector");
         let exprs = sel.match_expressions.as_ref().unwrap();
+        let excluded = |ns: &str| {
+            exprs.iter().any(|e| {
+                let values = e.values.clone().unwrap_or_default();
+                e.key == "kubernetes.io/metadata.name"
+                    && match e.operator.as_str() {
+                        "NotIn" => values.iter().any(|v| v == ns),
+                        "In" => !values.iter().any(|v| v == ns),
+                        _ => false,
+                    }
+            })
+        };
         assert!(
-            exprs.iter().any(|e| e.key == "kubernetes.io/metadata.name"
-                && e.operator == "NotIn"
-                && e.values
-                    .as_ref()
-                    .is_some_and(|v| v.contains(&"kube-system".to_string())
-                        && v.contains(&"lotabots-system".to_string()))),
+            excluded("kube-system") && excluded("lotabots-system"),
             "{}: must exclude kube-system and lotabots-system by the immutable name label",
             h.name
         );
@@ -65,7 +74,12 @@ fn webhook_configuration_is_safe() {
         );
         for rule in h.rules.as_ref().unwrap() {
             let ops = rule.operations.as_ref().unwrap();
-            assert!(!ops.contains(&"DELETE".to_string()) && !ops.contains(&"*".to_string()));
+            assert!(!ops.contains(&"*".to_string()), "{}", h.name);
+            // Deletes only where agent_pod_deletes_are_bound_in_the_workload_namespace_only
+            // says.
+            if h.name != AGENT_POD_DELETES {
+                assert!(!ops.contains(&"DELETE".to_string()), "{}", h.name);
+            }
             for g in rule.api_groups.as_ref().unwrap() {
                 for r in rule.resources.as_ref().unwrap() {
                     let kind =
@@ -151,4 +165,59 @@ fn agent_workload_pods_are_intercepted_and_node_bound() {
         p.agent_pods.service_accounts,
         vec!["system:serviceaccount:lotabots-system:lotabots-agent".to_string()]
     );
+}
+
+/// An agent deletes workload pods on its own node only: pod deletes reach the webhook, but
+/// only those in the workload namespace (an outage then blocks no other pod deletion in the
+/// cluster), failing closed.
+#[test]
+fn agent_pod_deletes_are_bound_in_the_workload_namespace_only() {
+    let ns = lotabots_crds::workload::DEFAULT_NAMESPACE;
+    let hooks = config().webhooks.unwrap();
+    let deletes = hooks
+        .iter()
+        .find(|h| h.name == AGENT_POD_DELETES)
+        .expect("the agent pod deletes webhook");
+    assert_eq!(
+        deletes
+            .client_config
+            .service
+            .as_ref()
+            .and_then(|s| s.path.as_deref()),
+        Some(PODS_PATH)
+    );
+    assert_eq!(deletes.failure_policy.as_deref(), Some("Fail"));
+    let rules = deletes.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].api_groups.as_deref(), Some(&["".to_string()][..]));
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["pods".to_string()][..])
+    );
+    assert_eq!(
+        rules[0].operations.as_deref(),
+        Some(&["DELETE".to_string()][..])
+    );
+    let sel = deletes.namespace_selector.as_ref().unwrap();
+    assert!(sel.match_labels.is_none());
+    let exprs = sel.match_expressions.as_ref().unwrap();
+    assert_eq!(exprs.len(), 1);
+    assert_eq!(exprs[0].key, "kubernetes.io/metadata.name");
+    assert_eq!(exprs[0].operator, "In");
+    assert_eq!(exprs[0].values.as_deref(), Some(&[ns.to_string()][..]));
+    // No other webhook is sent deletes: the cluster-wide pods webhook failing closed on
+    // them would block every pod deletion while the webhook is down.
+    for h in hooks.iter().filter(|h| h.name != AGENT_POD_DELETES) {
+        for rule in h.rules.iter().flatten() {
+            assert!(
+                !rule
+                    .operations
+                    .iter()
+                    .flatten()
+                    .any(|o| o == "DELETE" || o == "*"),
+                "{} is sent deletes",
+                h.name
+            );
+        }
+    }
 }

@@ -18,16 +18,30 @@ fn pinned_spec(node: &str) -> Value {
 }
 
 fn review(user_info: Value, namespace: &str, kind: (&str, &str), object: Value) -> Vec<u8> {
+    review_of("CREATE", user_info, namespace, kind, object, Value::Null)
+}
+
+/// A review of `operation`, with `object` and `oldObject`.
+fn review_of(
+    operation: &str,
+    user_info: Value,
+    namespace: &str,
+    kind: (&str, &str),
+    object: Value,
+    old_object: Value,
+) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",
         "request": {
             "uid": "u1",
             "kind": {"group": kind.0, "version": "v1", "kind": kind.1},
+            "name": "p",
             "namespace": namespace,
-            "operation": "CREATE",
+            "operation": operation,
             "userInfo": user_info,
             "object": object,
+            "oldObject": old_object,
         }
     }))
     .unwrap()
@@ -43,11 +57,31 @@ fn agent_on(node: &str) -> Value {
 
 /// (allowed, message) of the default policy's answer.
 fn decide(user_info: Value, namespace: &str, spec: Value) -> (bool, String) {
-    let r = review_body(
-        &Policy::default(),
-        &review(user_info, namespace, ("", "Pod"), pod(spec)),
-    )
-    .expect("decodes");
+    answer(&review(user_info, namespace, ("", "Pod"), pod(spec)))
+}
+
+/// (allowed, message) of the default policy's answer to the DELETE of the pod `old` (the
+/// review's `oldObject`; `object` is null, as the API server sends it).
+fn decide_delete(user_info: Value, namespace: &str, old: Value) -> (bool, String) {
+    answer(&review_of(
+        "DELETE",
+        user_info,
+        namespace,
+        ("", "Pod"),
+        Value::Null,
+        old,
+    ))
+}
+
+/// A scheduled pod, as stored: on `node` by `spec.nodeName`, with the launcher's affinity.
+fn scheduled_on(node: &str) -> Value {
+    let mut spec = pinned_spec(node);
+    spec["nodeName"] = json!(node);
+    pod(spec)
+}
+
+fn answer(body: &[u8]) -> (bool, String) {
+    let r = review_body(&Policy::default(), body).expect("decodes");
     let resp = r.response.response;
     (
         resp.allowed,
@@ -259,4 +293,129 @@ fn user_info_helper_round_trips() {
     assert_eq!(who.username(), Some(AGENT));
     assert_eq!(who.extra(NODE_NAME_EXTRA).unwrap(), Some(vec!["n"]));
     assert_eq!(who.extra("other").unwrap(), None);
+}
+
+#[test]
+fn an_agent_may_delete_a_pod_on_its_own_node() {
+    let (ok, why) = decide_delete(
+        agent_on("node-a"),
+        "lotabots-workloads",
+        scheduled_on("node-a"),
+    );
+    assert!(ok, "{why}");
+    // Not yet scheduled: pinned by the launcher's affinity alone.
+    let (ok, why) = decide_delete(
+        agent_on("node-a"),
+        "lotabots-workloads",
+        pod(pinned_spec("node-a")),
+    );
+    assert!(ok, "{why}");
+}
+
+#[test]
+fn an_agent_may_not_delete_a_pod_on_another_node() {
+    let (ok, why) = decide_delete(
+        agent_on("node-a"),
+        "lotabots-workloads",
+        scheduled_on("node-b"),
+    );
+    assert!(!ok);
+    assert!(why.starts_with("403 "), "{why}");
+    assert!(
+        why.contains("runs on node \"node-a\"")
+            && why.contains("pinned to node \"node-b\"")
+            && why.contains("deletes pods on its own node only"),
+        "names both nodes: {why}"
+    );
+    // A pod pinned to no node (someone else's) is not the agent's to delete either.
+    let unpinned = pod(json!({"containers": [{"name": "c", "image": "x"}]}));
+    let (ok, why) = decide_delete(agent_on("node-a"), "lotabots-workloads", unpinned);
+    assert!(!ok && why.contains("not pinned to a node"), "{why}");
+    // Nor is a pod in another namespace.
+    let (ok, why) = decide_delete(agent_on("node-a"), "default", scheduled_on("node-a"));
+    assert!(
+        !ok && why.contains("may delete pods only in namespace \"lotabots-workloads\""),
+        "{why}"
+    );
+}
+
+#[test]
+fn an_agent_token_without_a_node_may_not_delete() {
+    let (ok, why) = decide_delete(
+        json!({"username": AGENT}),
+        "lotabots-workloads",
+        scheduled_on("node-a"),
+    );
+    assert!(!ok && why.contains("not bound to a pod on a node"), "{why}");
+    let two = json!({"username": AGENT, "extra": {NODE_NAME_EXTRA: ["node-a", "node-b"]}});
+    let (ok, why) = decide_delete(two, "lotabots-workloads", scheduled_on("node-a"));
+    assert!(!ok && why.contains("names 2 nodes"), "{why}");
+}
+
+#[test]
+fn deletes_by_anyone_else_are_not_read() {
+    for who in [
+        json!({"username": "system:serviceaccount:kube-system:generic-garbage-collector"}),
+        json!({"username": "system:serviceaccount:lotabots-system:lotabots-operator"}),
+        json!({"username": "alice", "extra": {NODE_NAME_EXTRA: ["node-a"]}}),
+        json!("odd"),
+        Value::Null,
+    ] {
+        for old in [
+            scheduled_on("node-b"),
+            json!({"spec": {"containers": "not a list"}}),
+            json!("not a pod"),
+            Value::Null,
+        ] {
+            let (ok, why) = decide_delete(who.clone(), "lotabots-workloads", old.clone());
+            assert!(ok, "{who} deleting {old}: {why}");
+        }
+    }
+}
+
+#[test]
+fn an_agents_delete_of_an_unreadable_pod_is_denied_clearly() {
+    for (old, says) in [
+        (Value::Null, "request.oldObject is missing"),
+        (json!("not a pod"), "spec: missing"),
+        (json!({"metadata": {"name": "p"}}), "spec: missing"),
+        (
+            json!({"spec": {"nodeName": 7, "containers": []}}),
+            "spec.nodeName",
+        ),
+    ] {
+        let (ok, why) = decide_delete(agent_on("node-a"), "lotabots-workloads", old.clone());
+        assert!(!ok, "{old} was allowed");
+        assert!(
+            why.starts_with("403 ") && why.contains("node \"node-a\"") && why.contains(says),
+            "{old}: {why}"
+        );
+    }
+    // Without the oldObject field at all.
+    let mut body: Value = serde_json::from_slice(&review_of(
+        "DELETE",
+        agent_on("node-a"),
+        "lotabots-workloads",
+        ("", "Pod"),
+        Value::Null,
+        Value::Null,
+    ))
+    .unwrap();
+    body["request"].as_object_mut().unwrap().remove("oldObject");
+    let (ok, why) = answer(&serde_json::to_vec(&body).unwrap());
+    assert!(!ok && why.contains("oldObject is missing"), "{why}");
+}
+
+#[test]
+fn deletes_of_other_kinds_are_not_bound() {
+    let body = review_of(
+        "DELETE",
+        agent_on("node-a"),
+        "lotabots-workloads",
+        ("", "ConfigMap"),
+        Value::Null,
+        json!({"metadata": {"name": "c"}}),
+    );
+    let (ok, why) = answer(&body);
+    assert!(ok, "{why}");
 }
