@@ -6,7 +6,10 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::Result;
 use k8s_openapi::{
-    api::core::v1::{Container, Pod, PodSpec, ResourceRequirements, Toleration},
+    api::core::v1::{
+        Container, HostPathVolumeSource, Pod, PodSpec, ResourceRequirements, Toleration, Volume,
+        VolumeMount,
+    },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::ObjectMeta},
 };
 use kube::Api;
@@ -59,6 +62,28 @@ pub fn pod(
         }),
         status: None,
     }
+}
+
+/// [`pod`] mounting the node's `host_path` as volume `host` at `/host` of its container:
+/// what the webhook's mount policy judges.
+pub fn with_host_path(name: &str, service_account: &str, host_path: &str) -> Pod {
+    let mut p = pod(name, service_account, &[], None);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.volumes = Some(vec![Volume {
+            name: "host".into(),
+            host_path: Some(HostPathVolumeSource {
+                path: host_path.into(),
+                type_: None,
+            }),
+            ..Default::default()
+        }]);
+        spec.containers[0].volume_mounts = Some(vec![VolumeMount {
+            name: "host".into(),
+            mount_path: "/host".into(),
+            ..Default::default()
+        }]);
+    }
+    p
 }
 
 /// Selector pinning a pod to one node by its hostname label.

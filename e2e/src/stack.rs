@@ -14,6 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use axum_server::Handle;
 use axum_server::tls_rustls::RustlsConfig;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::PostParams;
 use kube::runtime::events::Reporter;
 use lotabots_agent::backend::{BackendChoice, GpuBackend, select};
 use lotabots_agent::operator_client::OperatorClient;
@@ -23,6 +26,8 @@ use lotabots_operator::controller::{self, Settings};
 use lotabots_operator::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
 use lotabots_operator::evidence_store::VerdictLog;
 use lotabots_operator::metrics::ControllerMetrics;
+use lotabots_operator::workload_api::{ApiServer, WorkloadApi, WorkloadMetrics, WorkloadSettings};
+use lotabots_operator::workload_results::WorkloadResults;
 use tokio::task::JoinHandle;
 
 use crate::agents::{AUDIENCE, pod_bound_token, service_account};
@@ -38,6 +43,9 @@ pub struct Operator {
     pub evidence: Arc<LatestEvidence>,
     /// Its evidence API counters.
     pub api_metrics: ApiMetrics,
+    /// Its workload API counters, when it serves the workload API
+    /// ([`Operator::start_with_workloads`]).
+    pub workload_metrics: Option<WorkloadMetrics>,
     handle: Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     controller: JoinHandle<()>,
@@ -57,6 +65,26 @@ impl Operator {
         agents: Vec<String>,
         verdict_log: Option<Arc<dyn VerdictLog>>,
     ) -> Result<Self> {
+        Self::launch(client, agents, verdict_log, None).await
+    }
+
+    /// [`Operator::start`], also serving the workload API (`POST /v1/workload-results`)
+    /// on the same listener, as `run` wires it, and folding the GPU self-test results it
+    /// accepts into the verdicts.
+    pub async fn start_with_workloads(
+        client: kube::Client,
+        agents: Vec<String>,
+        workloads: WorkloadSettings,
+    ) -> Result<Self> {
+        Self::launch(client, agents, None, Some(workloads)).await
+    }
+
+    async fn launch(
+        client: kube::Client,
+        agents: Vec<String>,
+        verdict_log: Option<Arc<dyn VerdictLog>>,
+        workloads: Option<WorkloadSettings>,
+    ) -> Result<Self> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
         let tls = RustlsConfig::from_pem(
@@ -75,13 +103,30 @@ impl Operator {
             RateLimit::default(),
             api_metrics.clone(),
         ));
+        let results = Arc::new(WorkloadResults::default());
+        let mut router = api.router();
+        let mut workload_metrics = None;
+        if let Some(settings) = workloads {
+            let metrics = WorkloadMetrics::register(&registry)?;
+            let kube_api = Arc::new(ApiServer(client.clone()));
+            let workload_api = Arc::new(WorkloadApi::new(
+                kube_api.clone(),
+                kube_api,
+                evidence.clone(),
+                results.clone(),
+                settings,
+                metrics.clone(),
+            ));
+            router = router.merge(workload_api.router());
+            workload_metrics = Some(metrics);
+        }
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let handle = Handle::new();
         tokio::spawn(
             axum_server::from_tcp_rustls(listener, tls)
                 .handle(handle.clone())
-                .serve(api.router().into_make_service()),
+                .serve(router.into_make_service()),
         );
 
         let settings = Settings {
@@ -96,9 +141,10 @@ impl Operator {
             controller: "lotabots-operator".into(),
             instance: Some("e2e".into()),
         };
-        let controller = tokio::spawn(controller::run(
+        let controller = tokio::spawn(controller::run_with_workloads(
             client,
             evidence.clone(),
+            results,
             settings,
             ControllerMetrics::register(&registry)?,
             reporter,
@@ -112,10 +158,23 @@ impl Operator {
             ca_pem: cert.cert.pem(),
             evidence,
             api_metrics,
+            workload_metrics,
             handle,
             stop: Some(stop),
             controller,
         })
+    }
+
+    /// The nonce of `node`'s latest accepted evidence: what the launcher hands a
+    /// workload pod.
+    pub fn nonce(&self, node: &str) -> Result<String> {
+        Ok(self
+            .evidence
+            .get(node)
+            .with_context(|| format!("no evidence of {node}"))?
+            .evidence
+            .nonce
+            .clone())
     }
 
     /// A client of its evidence API presenting the token in `token_file`.
@@ -271,6 +330,41 @@ impl Webhook {
             .context("registering the webhook configuration")?;
         Ok(())
     }
+}
+
+/// Waits until lotabots-webhook refuses, in `api`'s namespace, a pod of
+/// `service_account` mounting the container runtime's socket: its configuration has
+/// reached the API server's admission chain. Each try is a server-side dry run, so nothing
+/// is created. Returns the refusal, `"<code> <message>"`.
+pub async fn until_webhook_refuses_a_runtime_socket(
+    api: &Api<Pod>,
+    service_account: &str,
+) -> Result<String> {
+    let socket = crate::pods::with_host_path(
+        "runtime-socket",
+        service_account,
+        "/var/run/containerd/containerd.sock",
+    );
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    crate::wait::until(
+        "the webhook to refuse a runtime socket",
+        Duration::from_secs(30),
+        || {
+            let (api, socket, dry_run) = (api.clone(), socket.clone(), dry_run.clone());
+            async move {
+                Ok(match api.create(&dry_run, &socket).await {
+                    Err(kube::Error::Api(s)) if s.message.contains("pods.webhook.lotabots.io") => {
+                        Some(format!("{} {}", s.code, s.message))
+                    }
+                    _ => None,
+                })
+            }
+        },
+    )
+    .await
 }
 
 /// The production webhook configuration of `config/webhook/`, each webhook's Service

@@ -38,19 +38,21 @@ use lotabots_crds::labels;
 use lotabots_e2e::agent_process::{AgentProcess, PodIdentity, pod_identity};
 use lotabots_e2e::agents::AUDIENCE;
 use lotabots_e2e::operator_process::{OperatorProcess, OperatorSpec};
+use lotabots_e2e::stack::until_webhook_refuses_a_runtime_socket;
 use lotabots_e2e::stores::{OwnSeaweed, S3};
 use lotabots_e2e::webhook_process::{WebhookPki, WebhookProcess};
 use lotabots_e2e::{ControlPlane, Gpus, SimNode, scenario, suite::Ctx, wait};
 use lotabots_store::bundle::{self, KeyRing};
 use lotabots_store::db::{Database, Page, Record, RecordFilter, RecordKind};
-use lotabots_store::objects::{
-    GcsConfig, GcsStore, ObjectStore, S3Config, S3Credentials, S3Store, bundle_key,
-};
+use lotabots_store::objects::{GcsStore, ObjectStore, bundle_key};
 use rand::RngCore;
 use serde_json::{Value, json};
 
 #[path = "flows/behaviour.rs"]
 mod behaviour;
+#[path = "support/evidence_stores.rs"]
+#[allow(dead_code)]
+mod support;
 
 use behaviour::model_behaviour_probed_in_a_pod_on_an_attested_node;
 
@@ -178,19 +180,9 @@ async fn install(ctx: &Ctx, s3: &S3, tag: &str) -> Result<Install> {
 
     // Bucket names are 3–63 characters: a short tag per scenario.
     let (s3_bucket, gcs_bucket) = (format!("flows-{tag}"), format!("flows-{tag}-backup"));
-    s3_store(s3, &s3_bucket)?.ensure_bucket().await?;
+    support::s3_store(s3, &s3_bucket).await?;
+    support::gcs_store(&stores.gcs, &gcs_bucket).await?;
     let gcs_endpoint = stores.gcs.endpoint().to_string();
-    let resp = reqwest::Client::new()
-        .post(format!("{gcs_endpoint}/storage/v1/b?project=lotabots"))
-        .json(&json!({ "name": gcs_bucket }))
-        .send()
-        .await
-        .context("creating the GCS bucket")?;
-    ensure!(
-        resp.status().is_success(),
-        "creating GCS bucket {gcs_bucket}: {}",
-        resp.status()
-    );
 
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
@@ -231,26 +223,9 @@ async fn install(ctx: &Ctx, s3: &S3, tag: &str) -> Result<Install> {
     })
 }
 
-fn s3_store(s3: &S3, bucket: &str) -> Result<S3Store> {
-    let mut cfg = S3Config::new(
-        bucket,
-        s3.region(),
-        S3Credentials {
-            access_key_id: s3.access_key().into(),
-            secret_access_key: s3.secret_key().into(),
-        },
-    );
-    cfg.endpoint = Some(s3.endpoint().into());
-    cfg.timeout = Duration::from_secs(10);
-    S3Store::new(cfg)
-}
-
-async fn gcs_store(install: &Install) -> Result<GcsStore> {
-    let mut cfg = GcsConfig::new(&install.gcs_bucket);
-    cfg.endpoint = Some(install.gcs_endpoint.clone());
-    cfg.anonymous = true;
-    cfg.timeout = Duration::from_secs(10);
-    GcsStore::new(cfg).await
+/// The scenario's GCS bucket, on the harness's fake-gcs-server.
+async fn gcs_store(ctx: &Ctx, install: &Install) -> Result<GcsStore> {
+    support::gcs_store(&ctx.plane().stores()?.gcs, &install.gcs_bucket).await
 }
 
 /// Starts `lotabots-operator run` with a token of its ServiceAccount bound to an
@@ -391,44 +366,6 @@ fn node_labels(node: &Node) -> BTreeMap<String, String> {
     node.metadata.labels.clone().unwrap_or_default()
 }
 
-/// The pods of `ns` the webhook must refuse before anything else is created there: the
-/// registration by URL has reached the API server's admission chain.
-async fn webhook_refuses_a_runtime_socket(ctx: &Ctx, ns: &str) -> Result<String> {
-    let api = Api::<Pod>::namespaced(ctx.client(), ns);
-    let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "runtime-socket"},
-        "spec": {
-            "automountServiceAccountToken": false,
-            "containers": [{"name": "main", "image": lotabots_e2e::pods::IMAGE,
-                            "volumeMounts": [{"name": "host", "mountPath": "/host"}]}],
-            "volumes": [{"name": "host",
-                         "hostPath": {"path": "/var/run/containerd/containerd.sock"}}],
-        },
-    }))?;
-    wait::until(
-        "the webhook to refuse a runtime socket",
-        Duration::from_secs(30),
-        || {
-            let (api, pod) = (api.clone(), pod.clone());
-            async move {
-                Ok(match api.create(&PostParams::default(), &pod).await {
-                    Err(kube::Error::Api(s)) if s.message.contains("pods.webhook.lotabots.io") => {
-                        Some(format!("{} {}", s.code, s.message))
-                    }
-                    Ok(_) => {
-                        // Admitted before the configuration took effect: remove and retry.
-                        api.delete("runtime-socket", &DeleteParams::default())
-                            .await?;
-                        None
-                    }
-                    Err(_) => None,
-                })
-            }
-        },
-    )
-    .await
-}
-
 /// Row counts of the tables a verdict writes to, and the outbox's rows per store, in
 /// one query (the waits below poll it).
 async fn counts(ctx: &Ctx, db_url: &str) -> Result<BTreeMap<&'static str, i64>> {
@@ -495,7 +432,7 @@ async fn counts(ctx: &Ctx, db_url: &str) -> Result<BTreeMap<&'static str, i64>> 
 
 /// Objects under `bundles/` in the S3 bucket.
 async fn s3_objects(s3: &S3, bucket: &str) -> Result<BTreeSet<String>> {
-    let store = s3_store(s3, bucket)?;
+    let store = support::s3_client(s3, bucket)?;
     let out = store
         .client()
         .list_objects_v2()
@@ -677,7 +614,8 @@ async fn start_webhook(ctx: &Ctx, install: &Install) -> Result<(WebhookProcess, 
             )?,
         )
         .await?;
-    let refusal = webhook_refuses_a_runtime_socket(ctx, &install.ns).await?;
+    let pods = Api::<Pod>::namespaced(ctx.client(), &install.ns);
+    let refusal = until_webhook_refuses_a_runtime_socket(&pods, "default").await?;
     ensure!(refusal.starts_with("403"), "not a 403: {refusal}");
     Ok((webhook, name))
 }
@@ -845,8 +783,8 @@ async fn everything_is_stored(ctx: &Ctx, install: &Install, nodes: &[String]) ->
         c["bundles"]
     );
 
-    let s3_read = s3_store(s3, &install.s3_bucket)?;
-    let gcs_read = gcs_store(install).await?;
+    let s3_read = support::s3_client(s3, &install.s3_bucket)?;
+    let gcs_read = gcs_store(ctx, install).await?;
     let mut uuids = BTreeMap::<String, String>::new();
     let mut serials = BTreeSet::new();
     for (node, rs) in &by_node {

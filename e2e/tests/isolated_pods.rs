@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{ConfigMap, HostPathVolumeSource, Pod, Volume, VolumeMount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use lotabots_agent::attest::self_test_requests;
@@ -36,7 +36,7 @@ use lotabots_crds::gpu_attestation::GpuAttestation;
 use lotabots_crds::workload::{DEFAULT_NAMESPACE, WorkloadRequest};
 use lotabots_e2e::agents::{pod_bound_token, service_account};
 use lotabots_e2e::nodes::{Gpus, SimNode};
-use lotabots_e2e::stack::{Webhook, webhook_configuration};
+use lotabots_e2e::stack::{Webhook, until_webhook_refuses_a_runtime_socket, webhook_configuration};
 use lotabots_e2e::{ControlPlane, pods, repo_root, resources, scenario, suite::Ctx, wait};
 use serde_json::json;
 use tokio::sync::OnceCell;
@@ -110,41 +110,7 @@ async fn set_up(ctx: &Ctx) -> Result<Webhook> {
     // In force once it refuses a runtime socket in the probe namespace.
     service_account(&client, PROBE_NS, "probe").await?;
     let probe_api = Api::<Pod>::namespaced(client.clone(), PROBE_NS);
-    let mut socket = pods::pod("socket", "probe", &[], None);
-    let spec = socket.spec.as_mut().context("pods::pod has a spec")?;
-    spec.volumes = Some(vec![Volume {
-        name: "sock".into(),
-        host_path: Some(HostPathVolumeSource {
-            path: "/run/containerd/containerd.sock".into(),
-            type_: None,
-        }),
-        ..Default::default()
-    }]);
-    spec.containers[0].volume_mounts = Some(vec![VolumeMount {
-        name: "sock".into(),
-        mount_path: "/s".into(),
-        ..Default::default()
-    }]);
-    wait::until(
-        "the webhook to be in force",
-        Duration::from_secs(30),
-        || {
-            let (api, socket) = (probe_api.clone(), socket.clone());
-            async move {
-                Ok(match api.create(&PostParams::default(), &socket).await {
-                    Err(kube::Error::Api(s)) if s.message.contains("pods.webhook.lotabots.io") => {
-                        Some(())
-                    }
-                    Ok(_) => {
-                        api.delete("socket", &DeleteParams::default()).await?;
-                        None
-                    }
-                    Err(_) => None,
-                })
-            }
-        },
-    )
-    .await?;
+    until_webhook_refuses_a_runtime_socket(&probe_api, "probe").await?;
     Ok(webhook)
 }
 

@@ -17,14 +17,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 
 use k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{
-    EnvVar, Event as CoreEvent, HostPathVolumeSource, Pod, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{EnvVar, Event as CoreEvent, Pod};
 use kube::Api;
 use kube::api::{ListParams, PostParams};
 use lotabots_crds::gpu_attestation::GpuAttestation;
 use lotabots_e2e::agents::service_account;
-use lotabots_e2e::stack::{Webhook, webhook_configuration};
+use lotabots_e2e::stack::{Webhook, until_webhook_refuses_a_runtime_socket, webhook_configuration};
 use lotabots_e2e::webhook_process::{WebhookPki, WebhookProcess};
 use lotabots_e2e::{ControlPlane, pods, resources, scenario, suite::Ctx, wait};
 
@@ -49,29 +47,9 @@ fn main() -> ExitCode {
 /// The ServiceAccount the test pods run as.
 const SA: &str = "workload";
 
-/// A pod mounting `host_path` as volume `host` into container `main`.
+/// A pod of the scenario's ServiceAccount mounting `host_path`.
 fn pod_with_host_path(name: &str, host_path: &str) -> Pod {
-    pod_with_host_path_as(name, SA, host_path)
-}
-
-/// [`pod_with_host_path`] running as ServiceAccount `sa`.
-fn pod_with_host_path_as(name: &str, sa: &str, host_path: &str) -> Pod {
-    let mut pod = pods::pod(name, sa, &[], None);
-    let spec = pod.spec.as_mut().expect("pods::pod has a spec");
-    spec.volumes = Some(vec![Volume {
-        name: "host".into(),
-        host_path: Some(HostPathVolumeSource {
-            path: host_path.into(),
-            type_: None,
-        }),
-        ..Default::default()
-    }]);
-    spec.containers[0].volume_mounts = Some(vec![VolumeMount {
-        name: "host".into(),
-        mount_path: "/host".into(),
-        ..Default::default()
-    }]);
-    pod
+    pods::with_host_path(name, SA, host_path)
 }
 
 /// The API server's refusal of `pod`, or an error if it was admitted.
@@ -107,28 +85,7 @@ async fn the_api_server_enforces_the_mount_policy_through_the_webhook(ctx: Ctx) 
     service_account(&client, &ns, SA).await?;
 
     // The webhook configuration takes a moment to reach the API server's admission chain.
-    let socket = pod_with_host_path("runtime-socket", "/var/run/containerd/containerd.sock");
-    let why = lotabots_e2e::wait::until(
-        "the webhook to refuse a runtime socket",
-        std::time::Duration::from_secs(30),
-        || {
-            let (api, socket) = (api.clone(), socket.clone());
-            async move {
-                Ok(match api.create(&PostParams::default(), &socket).await {
-                    Err(kube::Error::Api(s)) if s.message.contains("pods.webhook.lotabots.io") => {
-                        Some(format!("{} {}", s.code, s.message))
-                    }
-                    Ok(_) => {
-                        // Admitted before the configuration took effect: remove and retry.
-                        api.delete("runtime-socket", &Default::default()).await?;
-                        None
-                    }
-                    Err(_) => None,
-                })
-            }
-        },
-    )
-    .await?;
+    let why = until_webhook_refuses_a_runtime_socket(&api, SA).await?;
     ensure!(why.starts_with("403"), "not a 403: {why}");
     ensure!(
         why.contains("[protectedPaths]")
@@ -255,27 +212,6 @@ async fn webhook_for(ctx: &Ctx, ns: &str) -> Result<(WebhookProcess, WebhookPki,
     Ok((webhook, pki, name))
 }
 
-/// Waits until the webhook refuses a runtime-socket pod in `ns`; returns the refusal.
-async fn until_enforced(api: &Api<Pod>) -> Result<String> {
-    let socket = pod_with_host_path("runtime-socket", "/var/run/containerd/containerd.sock");
-    wait::until(
-        "the webhook to refuse a runtime socket",
-        Duration::from_secs(30),
-        || {
-            let (api, socket) = (api.clone(), socket.clone());
-            async move {
-                Ok(match api.create(&dry_run(), &socket).await {
-                    Err(kube::Error::Api(s)) if s.message.contains("pods.webhook.lotabots.io") => {
-                        Some(s.message)
-                    }
-                    _ => None,
-                })
-            }
-        },
-    )
-    .await
-}
-
 fn dry_run() -> PostParams {
     PostParams {
         dry_run: true,
@@ -301,7 +237,7 @@ async fn a_bad_template_is_warned_and_the_pods_of_its_replica_set_are_refused(
     let (_webhook, _pki, config) = webhook_for(&ctx, &ns).await?;
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     service_account(&client, &ns, SA).await?;
-    until_enforced(&pods_api).await?;
+    until_webhook_refuses_a_runtime_socket(&pods_api, SA).await?;
 
     apply_socket_deployment(&ctx, &ns).await?;
 
@@ -338,7 +274,7 @@ async fn a_bad_template_is_warned_and_the_pods_of_its_replica_set_are_refused(
     system
         .create(
             &dry_run(),
-            &pod_with_host_path_as(
+            &pods::with_host_path(
                 "system-socket",
                 "default",
                 "/run/containerd/containerd.sock",
@@ -358,7 +294,7 @@ async fn admission_keeps_working_when_the_certificate_files_are_replaced(ctx: Ct
     let (webhook, pki, config) = webhook_for(&ctx, &ns).await?;
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     service_account(&client, &ns, SA).await?;
-    until_enforced(&pods_api).await?;
+    until_webhook_refuses_a_runtime_socket(&pods_api, SA).await?;
     let pid = webhook.pid();
     let before = webhook.served_certificate(pki.ca_pem()).await?;
 
@@ -404,7 +340,7 @@ async fn a_stopped_webhook_blocks_only_user_namespaces_and_a_restart_recovers(
     let (mut webhook, _pki, config) = webhook_for(&ctx, &ns).await?;
     let pods_api = Api::<Pod>::namespaced(client.clone(), &ns);
     service_account(&client, &ns, SA).await?;
-    until_enforced(&pods_api).await?;
+    until_webhook_refuses_a_runtime_socket(&pods_api, SA).await?;
     let configs = Api::<ValidatingWebhookConfiguration>::all(client.clone());
     let version = configs.get(&config).await?.metadata.resource_version;
 
@@ -424,7 +360,7 @@ async fn a_stopped_webhook_blocks_only_user_namespaces_and_a_restart_recovers(
         Api::<Pod>::namespaced(client.clone(), system_ns)
             .create(
                 &dry_run(),
-                &pod_with_host_path_as("while-down", "default", "/tmp"),
+                &pods::with_host_path("while-down", "default", "/tmp"),
             )
             .await
             .with_context(|| format!("a pod in {system_ns} with the webhook down"))?;
@@ -436,7 +372,7 @@ async fn a_stopped_webhook_blocks_only_user_namespaces_and_a_restart_recovers(
         async move { Ok(api.create(&dry_run(), &plain).await.ok().map(|_| ())) }
     })
     .await?;
-    until_enforced(&pods_api).await?;
+    until_webhook_refuses_a_runtime_socket(&pods_api, SA).await?;
     ensure!(
         configs.get(&config).await?.metadata.resource_version == version,
         "the webhook configuration was changed"

@@ -13,14 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use axum_server::Handle;
-use axum_server::tls_rustls::RustlsConfig;
 use jiff::Timestamp;
-use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
-use kube::runtime::events::Reporter;
 use lotabots_crds::gpu_attestation::{
     GpuAttestation, GpuAttestationStatus, Verdict, WorkloadCheck,
 };
@@ -29,15 +25,11 @@ use lotabots_crds::workload::{
     SelfTestReport, WorkloadKind, WorkloadResult,
 };
 use lotabots_crds::{conditions, labels};
+use lotabots_e2e::agent_process::bound_token;
 use lotabots_e2e::agents::{AUDIENCE, POD_TIMEOUT, pod_bound_token, service_account};
-use lotabots_e2e::stack::backend;
+use lotabots_e2e::stack::{Operator, backend};
 use lotabots_e2e::{ControlPlane, SimNode, pods, scenario, suite::Ctx, wait};
-use lotabots_operator::auth::TokenReviewAuthenticator;
-use lotabots_operator::controller::{self, Settings};
-use lotabots_operator::evidence_api::{ApiMetrics, EvidenceApi, LatestEvidence, RateLimit};
-use lotabots_operator::metrics::ControllerMetrics;
-use lotabots_operator::workload_api::{ApiServer, WorkloadApi, WorkloadMetrics, WorkloadSettings};
-use lotabots_operator::workload_results::WorkloadResults;
+use lotabots_operator::workload_api::WorkloadSettings;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -61,116 +53,6 @@ const VERDICT_TIMEOUT: Duration = Duration::from_secs(90);
 /// The ServiceAccount the workload pods run as (in the scenario's namespace).
 const WORKLOAD_SA: &str = "lotabots-workload";
 const NODES: [&str; 2] = ["gpu-h100-0", "gpu-h100-1"];
-
-/// The operator as `run` wires it (evidence API and workload API on one TLS listener,
-/// the controller folding in self-test results), without leader election.
-struct Operator {
-    url: String,
-    ca_pem: String,
-    evidence: Arc<LatestEvidence>,
-    metrics: WorkloadMetrics,
-    handle: Handle,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    controller: JoinHandle<()>,
-}
-
-impl Operator {
-    async fn start(client: kube::Client, ns: &str) -> Result<Self> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()])?;
-        let tls = RustlsConfig::from_pem(
-            cert.cert.pem().into_bytes(),
-            cert.signing_key.serialize_pem().into_bytes(),
-        )
-        .await?;
-        let registry = prometheus::Registry::new();
-        let evidence = Arc::new(LatestEvidence::default());
-        let api = Arc::new(EvidenceApi::new(
-            Arc::new(TokenReviewAuthenticator::new(
-                client.clone(),
-                vec![format!("{ns}/agent")],
-            )),
-            evidence.clone(),
-            Duration::from_secs(60),
-            RateLimit::default(),
-            ApiMetrics::register(&registry)?,
-        ));
-        let results = Arc::new(WorkloadResults::default());
-        let metrics = WorkloadMetrics::register(&registry)?;
-        let kube_api = Arc::new(ApiServer(client.clone()));
-        let workloads = Arc::new(WorkloadApi::new(
-            kube_api.clone(),
-            kube_api,
-            evidence.clone(),
-            results.clone(),
-            WorkloadSettings {
-                service_account: format!("{ns}/{WORKLOAD_SA}"),
-                // There is no GPU here: the pod's process posts simulated results.
-                accept_simulated: true,
-            },
-            metrics.clone(),
-        ));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        let handle = Handle::new();
-        tokio::spawn(
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle.clone())
-                .serve(api.router().merge(workloads.router()).into_make_service()),
-        );
-        let settings = Settings {
-            grace: Duration::from_secs(60),
-            allow_simulated: true,
-            resync: Duration::from_secs(5),
-            debounce: Duration::from_millis(200),
-            reference_bundle: None,
-        };
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let controller = tokio::spawn(controller::run_with_workloads(
-            client,
-            evidence.clone(),
-            results,
-            settings,
-            ControllerMetrics::register(&registry)?,
-            Reporter {
-                controller: "lotabots-operator".into(),
-                instance: Some("e2e-workloads".into()),
-            },
-            None,
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        Ok(Self {
-            url: format!("https://127.0.0.1:{port}"),
-            ca_pem: cert.cert.pem(),
-            evidence,
-            metrics,
-            handle,
-            stop: Some(stop),
-            controller,
-        })
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.controller).await;
-        self.handle.shutdown();
-    }
-
-    /// The nonce of `node`'s latest accepted evidence: what the launcher hands the pod.
-    fn nonce(&self, node: &str) -> Result<String> {
-        Ok(self
-            .evidence
-            .get(node)
-            .with_context(|| format!("no evidence of {node}"))?
-            .evidence
-            .nonce
-            .clone())
-    }
-}
 
 /// A self-test pod as the launcher makes it: workload ServiceAccount, pinned to `node`,
 /// labelled with the request id, owned by the GpuAttestation; Running (kwok), with a
@@ -206,26 +88,7 @@ async fn self_test_pod(
         pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node),
         "{name} is not on {node}"
     );
-    let req = TokenRequest {
-        spec: Some(TokenRequestSpec {
-            audiences: Some(vec![AUDIENCE.into()]),
-            expiration_seconds: Some(600),
-            bound_object_ref: Some(BoundObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(name.clone()),
-                uid: pod.metadata.uid.clone(),
-            }),
-        }),
-        ..Default::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(client.clone(), ns)
-        .create_token_request(WORKLOAD_SA, &PostParams::default(), &req)
-        .await
-        .context("TokenRequest for the self-test pod")?
-        .status
-        .and_then(|s| s.token)
-        .context("a TokenRequest without token")?;
+    let token = bound_token(client, ns, WORKLOAD_SA, &pod, AUDIENCE).await?;
     Ok((pod, token))
 }
 
@@ -305,7 +168,20 @@ async fn pod_bound_self_test_results_fold_into_the_verdict_and_forgeries_are_ref
     let client = ctx.client();
     let ns = ctx.namespace().await?;
     service_account(&client, &ns, WORKLOAD_SA).await?;
-    let op = Operator::start(client.clone(), &ns).await?;
+    let op = Operator::start_with_workloads(
+        client.clone(),
+        vec![format!("{ns}/agent")],
+        WorkloadSettings {
+            service_account: format!("{ns}/{WORKLOAD_SA}"),
+            // There is no GPU here: the pod's process posts simulated results.
+            accept_simulated: true,
+        },
+    )
+    .await?;
+    let workload_metrics = op
+        .workload_metrics
+        .clone()
+        .context("the operator serves the workload API")?;
     let tokens = TempDir::new()?;
     service_account(&client, &ns, "agent").await?;
     let mut agents = Vec::new();
@@ -457,7 +333,7 @@ async fn pod_bound_self_test_results_fold_into_the_verdict_and_forgeries_are_ref
         "{:?}",
         status.conditions
     );
-    let accepted = op.metrics.results("accepted");
+    let accepted = workload_metrics.results("accepted");
     ensure!(accepted == 3, "accepted results: {accepted}");
 
     // A deleted pod's token: the API server stops vouching for it (and the operator's own
@@ -562,7 +438,10 @@ async fn pod_bound_self_test_results_fold_into_the_verdict_and_forgeries_are_ref
         "{:?}",
         s.nodes
     );
-    ensure!(op.metrics.results("accepted") == 3, "a refusal was stored");
+    ensure!(
+        workload_metrics.results("accepted") == 3,
+        "a refusal was stored"
+    );
 
     // The self-test binary itself as node 0's pod process, in its simulated mode (the
     // checks on the CPU): it reads the pod-bound token and the operator's CA from files as
@@ -637,7 +516,7 @@ async fn pod_bound_self_test_results_fold_into_the_verdict_and_forgeries_are_ref
         "{node0:?}"
     );
     ensure!(
-        op.metrics.results("accepted") == 4,
+        workload_metrics.results("accepted") == 4,
         "the binary's result was not counted"
     );
     eprintln!(

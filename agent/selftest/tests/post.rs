@@ -1,7 +1,8 @@
-//! Delivery to a real HTTPS server on an ephemeral 127.0.0.1 port, with a test CA made by
-//! rcgen: the binary posts its result with the pod-bound token, the body is the result
-//! bound to the nonce and node, 5xx and transport errors are retried, the token is re-read
-//! per attempt, 4xx is final, and a server the CA did not sign is refused.
+//! Delivery to a real HTTPS server on an ephemeral 127.0.0.1 port, with a test CA made on
+//! the spot (`lotabots-operator-client`'s `testing`): the binary posts its result with the
+//! pod-bound token, the body is the result bound to the nonce and node, 5xx and transport
+//! errors are retried, the token is re-read per attempt, 4xx is final, and a server the CA
+//! did not sign is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -14,53 +15,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use lotabots_crds::workload::{RESULT_PATH, WorkloadKind, WorkloadResult, env};
 use lotabots_gpu_selftest::post::{PostError, Poster, Retry};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use lotabots_operator_client::testing::TestCa as Ca;
 
 const NONCE: &str = "5f1e0c2ab39d4e7f8a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f";
 const NODE: &str = "gpu-node-7";
 const REQUEST_ID: &str = "0a1b2c3d4e5f6789";
-
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        Self {
-            issuer: CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-        let key = KeyPair::generate().unwrap();
-        let params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from(cert.der().to_vec())],
-            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-}
 
 /// One request as the server saw it.
 #[derive(Clone, Debug)]
@@ -109,17 +68,7 @@ fn start_operator(
     let app = Router::new()
         .route(RESULT_PATH, post(receive))
         .with_state(op);
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(ca.server_config());
-    tokio::spawn(async move {
-        axum_server::from_tcp_rustls(listener, tls)
-            .serve(app.into_make_service())
-            .await
-            .unwrap();
-    });
-    (format!("https://127.0.0.1:{port}"), seen)
+    (ca.serve(app), seen)
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {

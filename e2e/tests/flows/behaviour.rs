@@ -483,7 +483,7 @@ async fn statement_carries_the_behaviour(
         .bundle_digest
         .clone()
         .context("a record without bundle")?;
-    let gcs = gcs_store(install).await?;
+    let gcs = gcs_store(ctx, install).await?;
     let sealed = wait::until("the statement in GCS", VERDICT_TIMEOUT, || {
         let (gcs, key) = (&gcs, bundle_key(&digest));
         async move {

@@ -1,5 +1,5 @@
-//! The evidence store's object stores on the harness's servers, shared by
-//! `tests/store_objects.rs` and `benches/store_objects.rs` (included with `#[path]`).
+//! The evidence store's object stores on the harness's servers, shared by the test
+//! suites and `benches/store_objects.rs` that include it with `#[path]`.
 
 use std::time::Duration;
 
@@ -13,6 +13,14 @@ use serde_json::{Value, json};
 
 /// An S3 store on SeaweedFS's gateway, its bucket created.
 pub async fn s3_store(s3: &S3, bucket: &str) -> Result<S3Store> {
+    let store = s3_client(s3, bucket)?;
+    store.ensure_bucket().await?;
+    Ok(store)
+}
+
+/// An S3 store on SeaweedFS's gateway for an existing `bucket` (no request made: it may
+/// be down).
+pub fn s3_client(s3: &S3, bucket: &str) -> Result<S3Store> {
     let mut cfg = S3Config::new(
         bucket,
         s3.region(),
@@ -23,9 +31,7 @@ pub async fn s3_store(s3: &S3, bucket: &str) -> Result<S3Store> {
     );
     cfg.endpoint = Some(s3.endpoint().into());
     cfg.timeout = Duration::from_secs(10);
-    let store = S3Store::new(cfg)?;
-    store.ensure_bucket().await?;
-    Ok(store)
+    S3Store::new(cfg)
 }
 
 /// A GCS store on fake-gcs-server (anonymous), its bucket created through the JSON API
