@@ -10,12 +10,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::PartialObjectMeta;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use lotabots_crds::evidence::{NONCE_LEN, NonceOrigin};
 use lotabots_crds::gpu_attestation::{GpuAttestation, parse_duration};
 use lotabots_crds::workload::{GpuResources, WorkloadKind, WorkloadOwner, WorkloadRequest};
@@ -185,26 +183,13 @@ pub async fn run_loop_launching(
     state: Arc<AgentState>,
     launcher: Option<Arc<Launcher>>,
 ) {
-    let (store, writer) = reflector::store::<GpuAttestation>();
     // Any change to the GpuAttestations wakes an idle agent at once: a new one that
     // selects this node should not wait for the next idle check.
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let watch = {
-        let changed = changed.clone();
-        reflector::reflector(
-            writer,
-            watcher(
-                Api::<GpuAttestation>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
-    let watch = tokio::spawn(watch);
+    let crate::watch::Watched {
+        store,
+        changed,
+        task: watch,
+    } = crate::watch::watch(Api::<GpuAttestation>::all(client.clone()));
     let nodes: Api<PartialObjectMeta<Node>> = Api::all(client);
     let mut failures = 0u32;
     loop {

@@ -12,12 +12,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::Api;
 use kube::core::DeserializeGuard;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use lotabots_crds::gpu_attestation::parse_duration;
 use lotabots_crds::model_attestation::{BehaviourStatus, ModelAttestation};
 use lotabots_crds::workload::{GpuResources, WorkloadKind, WorkloadOwner, WorkloadRequest};
@@ -259,26 +257,13 @@ impl Launches {
 /// node is asked for, on every change and every [`RECHECK`]. Returns when the watch ends
 /// (which ends the agent, so that Kubernetes restarts it).
 pub async fn run(client: kube::Client, launcher: Arc<Launcher>) {
-    let (store, writer) = reflector::store::<DeserializeGuard<ModelAttestation>>();
-    let changed = Arc::new(tokio::sync::Notify::new());
     // A malformed ModelAttestation is kept as an error rather than failing the whole
     // list, so that one bad object does not stop the others' probes.
-    let watch = {
-        let changed = changed.clone();
-        reflector::reflector(
-            writer,
-            watcher(
-                Api::<DeserializeGuard<ModelAttestation>>::all(client),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(move |_| {
-            changed.notify_one();
-            async {}
-        })
-    };
-    let mut watch = tokio::spawn(watch);
+    let crate::watch::Watched {
+        store,
+        changed,
+        task: mut watch,
+    } = crate::watch::watch(Api::<DeserializeGuard<ModelAttestation>>::all(client));
     let mut launches = Launches::default();
     tokio::select! {
         r = store.wait_until_ready() => {

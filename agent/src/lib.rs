@@ -12,3 +12,4 @@ pub mod operator_client;
 pub mod server;
 pub mod simulated;
 pub mod table;
+pub mod watch;
