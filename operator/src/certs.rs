@@ -570,7 +570,9 @@ pub async fn keep_ca_file_published(
     }
 }
 
-fn managed_by() -> BTreeMap<String, String> {
+/// The labels of the objects the operator creates for itself (its CA, certificates and
+/// keys).
+pub(crate) fn managed_by() -> BTreeMap<String, String> {
     [(
         "app.kubernetes.io/managed-by".to_owned(),
         "lotabots-operator".to_owned(),

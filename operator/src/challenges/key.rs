@@ -64,13 +64,7 @@ impl ChallengeKey {
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
-                labels: Some(
-                    [(
-                        "app.kubernetes.io/managed-by".to_owned(),
-                        "lotabots-operator".to_owned(),
-                    )]
-                    .into(),
-                ),
+                labels: Some(crate::certs::managed_by()),
                 ..Default::default()
             },
             type_: Some("Opaque".into()),

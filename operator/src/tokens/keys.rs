@@ -296,13 +296,7 @@ impl KeyStore {
                 metadata: ObjectMeta {
                     name: Some(self.secret.clone()),
                     namespace: Some(self.namespace.clone()),
-                    labels: Some(
-                        [(
-                            "app.kubernetes.io/managed-by".to_owned(),
-                            "lotabots-operator".to_owned(),
-                        )]
-                        .into(),
-                    ),
+                    labels: Some(crate::certs::managed_by()),
                     ..Default::default()
                 },
                 type_: Some("Opaque".into()),
