@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use google_cloud_auth::credentials::{CacheableResource, Credentials};
 use google_cloud_storage::model_ext::ReadRange;
-use lotabots_store::objects::{GcsConfig, GcsStore, gcs_credentials};
+use lotabots_store::objects::{GcsConfig, GcsStore, error_chain, gcs_credentials};
 use serde::Deserialize;
 
 use super::body::Body;
@@ -169,16 +169,4 @@ impl GcsBucket {
             Err(e) => Err(error_chain(&e)),
         }
     }
-}
-
-/// An error with its sources: the client's top-level messages alone are terse.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

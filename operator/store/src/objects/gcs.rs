@@ -221,7 +221,7 @@ pub fn credentials(
 }
 
 /// An error with its sources: the client's top-level messages alone are terse.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

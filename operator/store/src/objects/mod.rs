@@ -20,6 +20,7 @@ use async_trait::async_trait;
 pub use bytes::Bytes;
 pub use gcs::{
     CustomerKey, GcsConfig, GcsStore, ServiceAccountKey, credentials as gcs_credentials,
+    error_chain,
 };
 pub use local::LocalStore;
 pub use s3::{ObjectLock, ObjectLockMode, S3Config, S3Credentials, S3Encryption, S3Store};
