@@ -1,5 +1,5 @@
 //! The files of a model as a behavioural-probe pod fetches them: the same listing the
-//! integrity stage hashed (the walk options of the signed manifest, or the defaults),
+//! integrity stage hashed (the walk options of the signed manifest, or the policy's),
 //! plus the signature bundle when it lies inside the model, so that the pod can name
 //! the file that differs; and one file's bytes, read from the model's [`Source`] in
 //! chunks on a blocking thread, never buffered whole.
@@ -9,10 +9,9 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use lotabots_crds::workload::ModelFile;
-use lotabots_model::attest::{Inputs, MAX_BUNDLE_BYTES, SignatureRef};
-use lotabots_model::bundle::Bundle;
+use lotabots_model::attest::{Inputs, manifest_serialization};
 use lotabots_model::ignore::IgnoreSet;
-use lotabots_model::source::{Source, SourceError, WalkOptions, read_bounded};
+use lotabots_model::source::{Source, SourceError, WalkOptions};
 
 /// Bytes read from the source at a time.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -32,17 +31,14 @@ impl ModelView {
     /// Lists the model `inputs` name (blocks: run it on a blocking thread).
     pub fn list(inputs: &Inputs) -> Result<Self, SourceError> {
         let source = inputs.source.clone();
-        let signature_name = inputs.signature.as_ref().and_then(|s| match s {
-            SignatureRef::Path(p) => source.local().and_then(|l| l.relative_name(p)),
-            SignatureRef::InModel(name) => Some(name.clone()),
-            SignatureRef::Elsewhere { .. } => None,
-        });
-        let (allow_symlinks, ignored) = signed_walk(inputs).unwrap_or_default();
+        let signature_name = inputs.signature.as_ref().and_then(|s| s.name_in(&*source));
+        let serialization = manifest_serialization(inputs);
         // The bundle is left out of the manifest, not out of what the pod may fetch.
         let ignore = IgnoreSet::with_defaults(
-            ignored
-                .iter()
-                .filter(|p| Some(p.as_str()) != signature_name.as_deref()),
+            serialization
+                .ignore
+                .paths()
+                .filter(|p| Some(*p) != signature_name.as_deref()),
         )
         .map_err(|problem| SourceError {
             path: source.location(),
@@ -50,7 +46,7 @@ impl ModelView {
         })?;
         let mut files: Vec<ModelFile> = source
             .list(&WalkOptions {
-                allow_symlinks,
+                allow_symlinks: serialization.allow_symlinks,
                 ignore,
             })?
             .into_iter()
@@ -114,29 +110,11 @@ impl ModelView {
     }
 }
 
-/// The walk options (symlinks, ignored paths) of the manifest the signature covers, when
-/// there is a signature that verifies; `None`: the defaults the integrity stage uses
-/// without one.
-fn signed_walk(inputs: &Inputs) -> Option<(bool, Vec<String>)> {
-    let (trust, signature) = (inputs.trust.as_ref()?, inputs.signature.as_ref()?);
-    let bytes = match signature {
-        SignatureRef::Path(p) => read_bounded(p, MAX_BUNDLE_BYTES),
-        SignatureRef::InModel(name) => inputs.source.read_small(name, MAX_BUNDLE_BYTES),
-        SignatureRef::Elsewhere { source, name } => source.read_small(name, MAX_BUNDLE_BYTES),
-    }
-    .ok()??;
-    let (manifest, _) = Bundle::from_json(&bytes).ok()?.verify(trust).ok()?;
-    let s = manifest.serialization;
-    Some((
-        s.allow_symlinks,
-        s.ignore.paths().map(str::to_owned).collect(),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use lotabots_model::attest::SignatureRef;
     use lotabots_model::source::LocalSource;
 
     fn inputs(dir: &std::path::Path, signature: Option<SignatureRef>) -> Inputs {

@@ -316,7 +316,7 @@ impl SignatureRef {
 
     /// Its model-relative name when it lies inside the model (then it is not part of the
     /// model's own manifest).
-    fn name_in(&self, model: &dyn Source) -> Option<String> {
+    pub fn name_in(&self, model: &dyn Source) -> Option<String> {
         match self {
             Self::Path(p) => model.local().and_then(|l| l.relative_name(p)),
             Self::InModel(name) => Some(name.clone()),
@@ -580,6 +580,19 @@ fn policy_serialization(spec: Option<&ModelAttestationSpec>) -> Serialization {
         (HashAlgorithm::Sha256, Some(size)) => Serialization::shards(HashAlgorithm::Sha256, size),
         (algorithm, _) => Serialization::files(algorithm),
     }
+}
+
+/// How the integrity stage hashes the model of `inputs`: as the signed manifest says
+/// when the signature verifies, else as the spec's integrity policy says. A copy of the
+/// model (a probe pod's) is listed and hashed the same way.
+pub fn manifest_serialization(inputs: &Inputs) -> Serialization {
+    let signed = || {
+        let (trust, signature) = (inputs.trust.as_ref()?, inputs.signature.as_ref()?);
+        let bytes = signature.read(&*inputs.source).ok()??;
+        let (manifest, _) = Bundle::from_json(&bytes).ok()?.verify(trust).ok()?;
+        Some(manifest.serialization)
+    };
+    signed().unwrap_or_else(|| policy_serialization(inputs.spec.as_ref()))
 }
 
 /// Runs every stage on the model the arguments name.
