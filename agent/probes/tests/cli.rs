@@ -139,22 +139,29 @@ fn usage_errors_exit_2() {
         ));
 }
 
-#[test]
-fn a_refused_model_is_posted_with_the_pod_token() {
-    let tmp = tempfile::tempdir().unwrap();
-    fake_model(&tmp.path().join("m"));
-    let op = Operator::taking_results(202);
+/// The runner as a pod against `op`, on a model in `dir` that does not hash to the
+/// attested digest it is given.
+fn refused_model_pod(dir: &Path, op: &Operator) -> assert_cmd::Command {
+    fake_model(&dir.join("m"));
     let mut cmd = runner();
     pod_env(
         &mut cmd,
-        tmp.path(),
-        &op,
+        dir,
+        op,
         &serde_json::json!({
-            "modelDir": tmp.path().join("m"),
+            "modelDir": dir.join("m"),
             "suite": suite_path("minilm-semantic.yaml"),
             "manifestDigest": OTHER_DIGEST,
         }),
     );
+    cmd
+}
+
+#[test]
+fn a_refused_model_is_posted_with_the_pod_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let op = Operator::taking_results(202);
+    let mut cmd = refused_model_pod(tmp.path(), &op);
     cmd.assert()
         .code(1)
         .stderr(predicates::str::contains("result posted to"));
@@ -178,19 +185,8 @@ fn a_refused_model_is_posted_with_the_pod_token() {
 #[test]
 fn a_refusal_by_the_operator_exits_3() {
     let tmp = tempfile::tempdir().unwrap();
-    fake_model(&tmp.path().join("m"));
     let op = Operator::taking_results(403);
-    let mut cmd = runner();
-    pod_env(
-        &mut cmd,
-        tmp.path(),
-        &op,
-        &serde_json::json!({
-            "modelDir": tmp.path().join("m"),
-            "suite": suite_path("minilm-semantic.yaml"),
-            "manifestDigest": OTHER_DIGEST,
-        }),
-    );
+    let mut cmd = refused_model_pod(tmp.path(), &op);
     cmd.assert().code(3).stderr(predicates::str::contains(
         "the operator refused the result (403)",
     ));
@@ -200,24 +196,13 @@ fn a_refusal_by_the_operator_exits_3() {
 #[test]
 fn an_operator_with_another_ca_is_not_trusted() {
     let tmp = tempfile::tempdir().unwrap();
-    fake_model(&tmp.path().join("m"));
     let op = Operator::taking_results(202);
     // Its URL, another stand-in's CA.
     let impostor = Operator {
         ca_pem: Operator::taking_results(202).ca_pem,
         ..op.clone()
     };
-    let mut cmd = runner();
-    pod_env(
-        &mut cmd,
-        tmp.path(),
-        &impostor,
-        &serde_json::json!({
-            "modelDir": tmp.path().join("m"),
-            "suite": suite_path("minilm-semantic.yaml"),
-            "manifestDigest": OTHER_DIGEST,
-        }),
-    );
+    let mut cmd = refused_model_pod(tmp.path(), &impostor);
     cmd.assert()
         .code(3)
         .stderr(predicates::str::contains("posting to"));
